@@ -1,0 +1,32 @@
+"""``python -m lightning_juicer fit|validate|test --config X.yaml``: LightningCLI with one-line config errors."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_juicer.data.datamodule import JuicerDataModule
+from lightning_juicer.errors import ConfigError
+from lightning_juicer.models.module import JuicerCLIP
+
+
+class JuicerCLI(LightningCLI):
+    """LightningCLI over any JuicerCLIP subclass and JuicerDataModule subclass, saving the config beside the logs."""
+
+
+def main(args: list[str] | None = None, run: bool = True) -> JuicerCLI:
+    """Entry point; bad configuration exits with status 2 and one line on stderr naming the key to fix."""
+    try:
+        return JuicerCLI(
+            JuicerCLIP,
+            JuicerDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+    except ConfigError as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        raise SystemExit(2) from None
