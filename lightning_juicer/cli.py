@@ -15,6 +15,15 @@ class JuicerCLI(LightningCLI):
     """LightningCLI over any JuicerCLIP subclass and JuicerDataModule subclass, saving the config beside the logs."""
 
 
+def find_config_error(exn: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind an exception (jsonargparse and Lightning wrap errors raised in __init__ or hooks)."""
+    while exn is not None:
+        if isinstance(exn, ConfigError):
+            return exn
+        exn = exn.__cause__ or exn.__context__
+    return None
+
+
 def main(args: list[str] | None = None, run: bool = True) -> JuicerCLI:
     """Entry point; bad configuration exits with status 2 and one line on stderr naming the key to fix."""
     try:
@@ -27,6 +36,9 @@ def main(args: list[str] | None = None, run: bool = True) -> JuicerCLI:
             args=args,
             run=run,
         )
-    except ConfigError as exn:
-        print(f"error: {exn}", file=sys.stderr)
+    except Exception as exn:
+        cause = find_config_error(exn)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_juicer.data.drops import DROP_REASONS
 
@@ -27,9 +26,9 @@ class RunSummary(L.Callback):
         drops = getattr(trainer.datamodule, "drops", {}) or {}
         counts = torch.tensor([float(drops.get(r, 0)) for r in DROP_REASONS], device=pl_module.device)
         counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank must ask
         if not trainer.is_global_zero:
             return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         datamodule = trainer.datamodule
         manifest = {
@@ -47,4 +46,4 @@ class RunSummary(L.Callback):
             f"checkpoint:  {last or best or 'none saved'}",
             f"manifest:    {log_dir / 'manifest.json'}  dropped={manifest['dropped'] or 0}",
         ]
-        rank_zero_info("\n".join(["", "run finished", *lines]))
+        print("\n".join(["", "run finished", *lines]), flush=True)

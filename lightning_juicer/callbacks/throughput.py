@@ -31,7 +31,7 @@ class ImageTokens:
 class ImageThroughput(ThroughputMonitor):
     """ThroughputMonitor counting images and image tokens of the batch contract."""
 
-    def __init__(self, window_size: int = 50, **kwargs: Any) -> None:
+    def __init__(self, window_size: int = 20, **kwargs: Any) -> None:
         super().__init__(batch_size_fn=batch_images, window_size=window_size, **kwargs)
 
     def setup(self, trainer, pl_module, stage: str) -> None:

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny model config (from the quickstart) and a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_args() -> dict:
+    """The quickstart's model init_args (a 64 px, patch-8 ViT CLIP with random weights)."""
+    return copy.deepcopy(yaml.safe_load(QUICKSTART.read_text())["model"]["init_args"])
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory):
+    """A small generated dataset: 4 train shards of 64, one val shard, small eval sets."""
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    cfg = SyntheticConfig(
+        root=str(root), num_train=256, samples_per_shard=64, num_val=64, eval_per_class=4, num_retrieval=20
+    )
+    return prepare_synthetic(cfg)
