@@ -89,3 +89,12 @@ def test_bad_input_fails_with_one_line_naming_the_key(override, message, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(message)
     assert not any("Traceback" in line for line in err)
+
+
+def test_the_cc3m_recipe_config_parses_and_builds(tiny_synthetic):
+    config = QUICKSTART.parent / "clip_vit_b16_cc3m.yaml"
+    cli = main(["--config", str(config), "--data.init_args.train_shards", tiny_synthetic.train_shards,
+                "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"], run=False)
+    assert cli.model.hparams.model_name == "ViT-B-16" and cli.model.data_spec().num_patches == 196
+    assert cli.datamodule.batch_size == 128 and cli.datamodule.keep_ratio == 0.5
+    assert cli.model.hparams.weight_decay == 0.05 and tuple(cli.model.hparams.betas) == (0.9, 0.999)
