@@ -1,0 +1,176 @@
+"""JuicerDataModule: webdataset shards -> decoded, patch-selected, tokenized batches (DESIGN.md contract)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import lightning as L
+
+from lightning_juicer.data.drops import DropCounter, merge_drops
+from lightning_juicer.data.pipeline import SAMPLING_MODES, batches_per_epoch, build_loader
+from lightning_juicer.data.samples import BatchCollator, SampleDecoder
+from lightning_juicer.data.shards import count_samples, expand_shards
+from lightning_juicer.data.spec import DataSpec
+from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
+from lightning_juicer.errors import ConfigError
+from lightning_juicer.governor.selection import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+
+class JuicerDataModule(L.LightningDataModule):
+    """Reads image-text shards (or generates the synthetic set) and yields ``{image, keep, text, key}`` batches.
+
+    Args:
+        train_shards: brace patterns / ``a::b`` joined sources / a list of them; None uses the synthetic set.
+        train_num_samples: samples per epoch (global); read from ``sizes.json`` / ``*_stats.json`` when None.
+        val_shards: shards for the validation loss; None uses the synthetic val split (or no validation
+            when training on real shards).
+        val_num_samples: like ``train_num_samples`` for ``val_shards``.
+        synthetic: settings of the generated dataset used when no shards are given.
+        batch_size: per-device batch size; the global batch is batch_size x devices x nodes.
+        num_workers: DataLoader workers per rank.
+        sampling: ``disjoint`` (each rank/worker reads its own shards, cycled) or ``resampled``
+            (shards drawn with replacement, as open_clip's ``--dataset-resampled``).
+        shuffle_buffer: samples in the in-worker shuffle buffer (0 disables shuffling).
+        selection: patch selection strategy for training (``full`` or ``random``).
+        keep_ratio: fraction r of patches kept per image, in (0, 1].
+        eval_keep_ratio: keep ratio used for validation/test batches (1.0 = full images).
+        seed: base seed for shard order and shuffling.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str] | None = None,
+        train_num_samples: int | None = None,
+        val_shards: str | list[str] | None = None,
+        val_num_samples: int | None = None,
+        synthetic: SyntheticConfig | None = None,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        sampling: str = "disjoint",
+        shuffle_buffer: int = 1000,
+        selection: str = "random",
+        keep_ratio: float = 0.5,
+        eval_keep_ratio: float = 1.0,
+        seed: int = 0,
+        data_spec: DataSpec | None = None,
+    ) -> None:
+        super().__init__()
+        for name, ratio in (("keep_ratio", keep_ratio), ("eval_keep_ratio", eval_keep_ratio)):
+            if not 0.0 < ratio <= 1.0:
+                raise ConfigError(f"data.init_args.{name}: {ratio} is outside (0, 1]")
+        if selection not in STRATEGIES:
+            raise ConfigError(f"data.init_args.selection: {selection!r} is not one of {STRATEGIES}")
+        if sampling not in SAMPLING_MODES:
+            raise ConfigError(f"data.init_args.sampling: {sampling!r} is not one of {SAMPLING_MODES}")
+        if batch_size < 1:
+            raise ConfigError(f"data.init_args.batch_size: {batch_size} must be >= 1")
+        self.train_urls = None if train_shards is None else expand_shards(train_shards, "data.init_args.train_shards")
+        self.val_urls = None if val_shards is None else expand_shards(val_shards, "data.init_args.val_shards")
+        self.train_num_samples = train_num_samples
+        self.val_num_samples = val_num_samples
+        self.synthetic = synthetic or SyntheticConfig()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.sampling = sampling
+        self.shuffle_buffer = shuffle_buffer
+        self.selection = selection
+        self.keep_ratio = keep_ratio
+        self.eval_keep_ratio = eval_keep_ratio
+        self.seed = seed
+        self.data_spec = data_spec
+        self.drops: Counter[str] = Counter()
+
+    @property
+    def uses_synthetic(self) -> bool:
+        """True when training on the generated synthetic set."""
+        return self.train_urls is None
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic dataset once, if it is the data source and not on disk yet."""
+        if self.uses_synthetic:
+            prepare_synthetic(self.synthetic)
+
+    def setup(self, stage: str) -> None:
+        """Resolve shard lists and sample counts, and take image size / tokenizer from the model."""
+        if self.uses_synthetic:
+            paths = synthetic_paths(self.synthetic.root)
+            self.train_urls = expand_shards(paths.train_shards, "data.init_args.synthetic.root")
+            if self.val_urls is None:
+                self.val_urls = expand_shards(paths.val_shards, "data.init_args.synthetic.root")
+        if self.train_num_samples is None:
+            self.train_num_samples = count_samples(self.train_urls)
+            if self.train_num_samples is None:
+                raise ConfigError(
+                    "data.init_args.train_num_samples: no sizes.json or *_stats.json next to the shards; "
+                    "set the number of training samples"
+                )
+        if self.val_urls is not None and self.val_num_samples is None:
+            self.val_num_samples = count_samples(self.val_urls) or 0
+        if self.data_spec is None:
+            if self.trainer is None or not hasattr(self.trainer.lightning_module, "data_spec"):
+                raise ConfigError("JuicerDataModule needs data_spec= when used without a Juicer LightningModule")
+            self.data_spec = self.trainer.lightning_module.data_spec()
+
+    def _loader(self, urls: list[str], num_samples: int, selection: str, keep_ratio: float, key: str, train: bool):
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampling, num_workers = self.sampling, self.num_workers
+        if not train:
+            # Evaluation sets are small: use as many workers as there are shards per rank.
+            per_rank = len(urls) // world_size
+            sampling = "disjoint" if per_rank >= 1 else "resampled"
+            num_workers = min(num_workers, max(per_rank, 1))
+        drops = DropCounter()
+        spec = self.data_spec
+        return build_loader(
+            urls,
+            decode=SampleDecoder(spec.image_transform(), drops),
+            collate=BatchCollator(spec.tokenizer, selection, keep_ratio, spec.num_patches),
+            drops=drops,
+            batch_size=self.batch_size,
+            num_batches=batches_per_epoch(num_samples, self.batch_size, world_size, num_workers),
+            num_workers=num_workers,
+            rank=rank,
+            world_size=world_size,
+            sampling=sampling,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer if train else 0,
+            key=key,
+            pin_memory=bool(self.trainer and self.trainer.strategy.root_device.type == "cuda"),
+        )
+
+    def train_dataloader(self):
+        """Training stream at the configured selection strategy and keep ratio."""
+        return self._loader(
+            self.train_urls, self.train_num_samples, self.selection, self.keep_ratio, "data.init_args.train_shards", True
+        )
+
+    def val_dataloader(self):
+        """Validation stream (contrastive loss on held-out pairs) at ``eval_keep_ratio``."""
+        if not self.val_urls:
+            return []
+        selection = "full" if self.eval_keep_ratio >= 1.0 else "random"
+        return self._loader(
+            self.val_urls, self.val_num_samples, selection, self.eval_keep_ratio, "data.init_args.val_shards", False
+        )
+
+    def test_dataloader(self):
+        """Same held-out stream as validation."""
+        return self.val_dataloader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Take the workers' drop counts out of the batch; the step sees the plain contract."""
+        if isinstance(batch, dict):
+            merge_drops(self.drops, batch)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Drop totals survive checkpoint/resume."""
+        return {"drops": dict(self.drops)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore drop totals from a checkpoint."""
+        self.drops = Counter(state_dict.get("drops", {}))

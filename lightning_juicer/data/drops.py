@@ -1,0 +1,60 @@
+"""Counting every sample the data pipeline drops, with its reason, across DataLoader workers.
+
+Workers cannot share memory with the trainer, so each worker counts its own drops and the
+counts since the last batch ride along inside the next batch (``batch["drops"]``); the
+DataModule takes them out after transfer and keeps the run's totals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+DROP_REASONS = (
+    "unreadable_shard",
+    "corrupt_image",
+    "no_image",
+    "no_caption",
+    "bad_caption_encoding",
+)
+_LOG_FIRST = 10
+
+
+class DropCounter:
+    """Per-process drop counts by reason; logs the first few drops of each reason, then every 1000th."""
+
+    def __init__(self) -> None:
+        self.total: Counter[str] = Counter()
+        self._pending: Counter[str] = Counter()
+
+    def drop(self, reason: str, key: str, detail: str = "") -> None:
+        """Count one dropped sample (or shard) and log it."""
+        if reason not in DROP_REASONS:
+            raise ValueError(f"unknown drop reason {reason!r}")
+        self.total[reason] += 1
+        self._pending[reason] += 1
+        n = self.total[reason]
+        if n <= _LOG_FIRST or n % 1000 == 0:
+            log.warning("dropped %s (%s, #%d of this reason here)%s", key, reason, n, f": {detail}" if detail else "")
+
+    def handler(self, exn: Exception) -> bool:
+        """webdataset error handler: count an unreadable shard or tar member and go on."""
+        self.drop("unreadable_shard", getattr(exn, "args", ["?"])[-1] if exn.args else "?", repr(exn))
+        return True
+
+    def attach(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """Pipeline stage: move the counts since the previous batch into ``batch['drops']``."""
+        for batch in batches:
+            batch["drops"] = dict(self._pending)
+            self._pending.clear()
+            yield batch
+
+
+def merge_drops(totals: Counter[str], batch: dict) -> None:
+    """Pop ``batch['drops']`` (if any) into the running totals."""
+    drops = batch.pop("drops", None)
+    if drops:
+        totals.update(drops)

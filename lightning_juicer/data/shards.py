@@ -1,0 +1,48 @@
+"""Shard lists: expanding brace/``::`` URL specs, checking local paths, and counting samples."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import webdataset as wds
+
+from lightning_juicer.errors import ConfigError
+
+_REMOTE = re.compile(r"^(pipe:|[a-z0-9+]+://)")
+
+
+def expand_shards(spec: str | list[str], key: str) -> list[str]:
+    """Expand shard specs (brace patterns, ``a::b`` joins, or a list of those) into a URL list."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    urls = [url for s in specs if s.strip() for url in wds.shardlists.expand_urls(s.strip())]
+    if not urls:
+        raise ConfigError(f"{key}: the shard list is empty; give shard paths like '/data/cc3m/{{00000..00331}}.tar'")
+    missing = [u for u in urls if not _REMOTE.match(u) and not Path(u).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"{key}: shard file not found: {missing[0]}{more}")
+    return urls
+
+
+def count_samples(urls: list[str]) -> int | None:
+    """Number of samples in local shards, from ``sizes.json`` or img2dataset ``*_stats.json``; None if unknown."""
+    total = 0
+    sizes_cache: dict[Path, dict] = {}
+    for url in urls:
+        if _REMOTE.match(url):
+            return None
+        path = Path(url)
+        if path.parent not in sizes_cache:
+            sizes_file = path.parent / "sizes.json"
+            sizes_cache[path.parent] = json.loads(sizes_file.read_text()) if sizes_file.is_file() else {}
+        sizes = sizes_cache[path.parent]
+        if path.name in sizes:
+            total += int(sizes[path.name])
+            continue
+        stats = path.with_name(path.stem + "_stats.json")
+        if not stats.is_file():
+            return None
+        total += int(json.loads(stats.read_text())["successes"])
+    return total
