@@ -56,6 +56,10 @@ def test_short_fit_through_the_cli_lowers_the_loss_and_logs_to_tensorboard(tmp_p
     assert f"logs:        {log_dir}" in out.out + out.err
     assert "last.ckpt" in out.out + out.err
 
+    validate = main(["validate", "--config", str(log_dir / "config.yaml"),
+                     "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+    assert validate.trainer.callback_metrics["val/loss"] < loss[0]
+
 
 def test_command_line_overrides_reach_the_objects(tmp_path, tiny_synthetic):
     args = fit_args(tmp_path, tiny_synthetic.root, "--data.init_args.keep_ratio", "0.25")[1:]  # no subcommand
