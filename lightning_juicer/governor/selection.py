@@ -3,13 +3,22 @@
 All strategies return kept indices as a long tensor [B, k] in row-major grid order, sorted
 ascending, with the same k for every sample of a batch (so no padding is ever needed), or
 ``None`` for ``full`` (the batch contract's "all patches").
+
+Data-only strategies (``STRATEGIES``) need nothing but the grid: ``full`` and ``random`` (the
+paper's token-level Random*). Score strategies (``SCORE_STRATEGIES``) use the governor's patch
+scores: ``topk`` (the paper's default) keeps the k highest-scoring patches, ``stratified`` sorts
+the patches by score, cuts the ranking into k strata of (nearly) equal size and draws one patch
+uniformly from each, so the kept set spans the whole score distribution while still following it.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 STRATEGIES = ("full", "random")
+SCORE_STRATEGIES = ("topk", "stratified")
+ALL_STRATEGIES = SCORE_STRATEGIES + STRATEGIES
 
 
 def keep_count(num_patches: int, keep_ratio: float) -> int:
@@ -17,11 +26,19 @@ def keep_count(num_patches: int, keep_ratio: float) -> int:
     return max(1, min(num_patches, round(keep_ratio * num_patches)))
 
 
+def _device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | str | None:
+    return generator.device if generator is not None else device
+
+
 def select_random(
-    batch_size: int, num_patches: int, k: int, generator: torch.Generator | None = None
+    batch_size: int,
+    num_patches: int,
+    k: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Uniformly random k of m patches per sample (the paper's token-level Random*), sorted."""
-    noise = torch.rand(batch_size, num_patches, generator=generator)
+    noise = torch.rand(batch_size, num_patches, generator=generator, device=_device(generator, device))
     return noise.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
 
 
@@ -37,4 +54,72 @@ def select_patches(
         return None
     if strategy == "random":
         return select_random(batch_size, num_patches, keep_count(num_patches, keep_ratio), generator)
-    raise ValueError(f"unknown selection strategy {strategy!r}; choose from {STRATEGIES}")
+    if strategy in SCORE_STRATEGIES:
+        raise ValueError(f"selection strategy {strategy!r} needs patch scores; use select_from_scores")
+    raise ValueError(f"unknown selection strategy {strategy!r}; choose from {ALL_STRATEGIES}")
+
+
+def _rank(scores: torch.Tensor) -> torch.Tensor:
+    """Patch indices [B, m] by descending score, ties broken towards the lower grid index."""
+    return scores.argsort(dim=1, descending=True, stable=True)
+
+
+def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k highest-scoring patches [B, k] per sample (ties go to the lower grid index), sorted."""
+    return _rank(scores)[:, :k].sort(dim=1).values
+
+
+def select_stratified(scores: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One patch drawn uniformly from each of k equal-size score-rank strata [B, k], sorted."""
+    batch, num_patches = scores.shape
+    edges = torch.arange(k + 1, device=scores.device) * num_patches // k
+    width = edges[1:] - edges[:-1]
+    noise = torch.rand(batch, k, generator=generator, device=_device(generator, scores.device))
+    ranks = edges[:-1] + (noise.to(scores.device) * width).long().minimum(width - 1)
+    return _rank(scores).gather(1, ranks).sort(dim=1).values
+
+
+def select_from_scores(
+    strategy: str,
+    scores: torch.Tensor,
+    keep_ratio: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor | None, int]:
+    """Kept indices [B, k] (or None for all) from scores [B, m], and how many samples fell back to random.
+
+    A sample whose scores are not all finite is selected uniformly at random (and counted).
+    """
+    batch, num_patches = scores.shape
+    if strategy == "full" or keep_ratio >= 1.0:
+        return None, 0
+    k = keep_count(num_patches, keep_ratio)
+    if strategy == "random":
+        return select_random(batch, num_patches, k, generator, scores.device).to(scores.device), 0
+    if strategy not in SCORE_STRATEGIES:
+        raise ValueError(f"unknown selection strategy {strategy!r}; choose from {ALL_STRATEGIES}")
+    bad = ~torch.isfinite(scores).all(dim=1)
+    clean = scores.float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    keep = select_topk(clean, k) if strategy == "topk" else select_stratified(clean, k, generator)
+    num_bad = int(bad.sum())
+    if num_bad:
+        keep[bad] = select_random(num_bad, num_patches, k, generator, keep.device).to(keep.device)
+    return keep, num_bad
+
+
+def resample_scores(scores: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
+    """Scores [B, gh*gw] on the governor's grid resampled onto the student's grid [B, dh*dw].
+
+    Each axis that shrinks is area-pooled (``adaptive_avg_pool2d``: every destination cell
+    averages the source cells it covers); each axis that grows is then bilinearly interpolated
+    (``align_corners=False``, cell centres aligned). Equal grids are returned unchanged.
+    """
+    src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
+    if src_grid == dst_grid:
+        return scores
+    x = scores.float().reshape(scores.shape[0], 1, *src_grid)
+    pooled = (min(src_grid[0], dst_grid[0]), min(src_grid[1], dst_grid[1]))
+    if pooled != src_grid:
+        x = F.adaptive_avg_pool2d(x, pooled)
+    if pooled != dst_grid:
+        x = F.interpolate(x, size=dst_grid, mode="bilinear", align_corners=False)
+    return x.flatten(1)
