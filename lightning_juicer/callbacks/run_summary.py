@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_juicer.data.drops import DROP_REASONS
+from lightning_juicer.data.drops import DROP_REASONS, FALLBACK_REASONS
 
 
 class RunSummary(L.Callback):
@@ -24,7 +24,8 @@ class RunSummary(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         """Sum drops over ranks, write ``manifest.json`` and print log dir and checkpoint paths."""
         drops = getattr(trainer.datamodule, "drops", {}) or {}
-        counts = torch.tensor([float(drops.get(r, 0)) for r in DROP_REASONS], device=pl_module.device)
+        reasons = DROP_REASONS + FALLBACK_REASONS
+        counts = torch.tensor([float(drops.get(r, 0)) for r in reasons], device=pl_module.device)
         counts = trainer.strategy.reduce(counts, reduce_op="sum")
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank must ask
         if not trainer.is_global_zero:
@@ -35,7 +36,8 @@ class RunSummary(L.Callback):
             "global_step": trainer.global_step,
             "images_trained": trainer.global_step * getattr(datamodule, "batch_size", 0) * trainer.world_size
             * trainer.accumulate_grad_batches,
-            "dropped": {r: int(c) for r, c in zip(DROP_REASONS, counts.tolist()) if c},
+            "dropped": {r: int(c) for r, c in zip(reasons, counts.tolist()) if c and r in DROP_REASONS},
+            "random_fallbacks": {r: int(c) for r, c in zip(reasons, counts.tolist()) if c and r in FALLBACK_REASONS},
         }
         (log_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
         checkpoint = trainer.checkpoint_callback

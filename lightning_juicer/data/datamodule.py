@@ -15,7 +15,11 @@ from lightning_juicer.data.shards import count_samples, expand_shards
 from lightning_juicer.data.spec import DataSpec
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.selection import STRATEGIES
+from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
+from lightning_juicer.governor.selection import ALL_STRATEGIES, SCORE_STRATEGIES
+
+SCORE_SOURCES = ("on_the_fly", "sidecar")
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,12 @@ class JuicerDataModule(L.LightningDataModule):
         sampling: ``disjoint`` (each rank/worker reads its own shards, cycled) or ``resampled``
             (shards drawn with replacement, as open_clip's ``--dataset-resampled``).
         shuffle_buffer: samples in the in-worker shuffle buffer (0 disables shuffling).
-        selection: patch selection strategy for training (``full`` or ``random``).
+        selection: patch selection strategy for training: ``topk`` (the paper's), ``stratified``,
+            ``random`` (Random*) or ``full``.
         keep_ratio: fraction r of patches kept per image, in (0, 1].
+        scores: where ``topk`` / ``stratified`` get patch scores: ``on_the_fly`` (the frozen governor
+            scores each batch on the accelerator after transfer) or ``sidecar`` (precomputed).
+        governor: the frozen governor for on-the-fly scoring (and the one sidecars must come from).
         eval_keep_ratio: keep ratio used for validation/test batches (1.0 = full images).
         seed: base seed for shard order and shuffling.
     """
@@ -54,6 +62,8 @@ class JuicerDataModule(L.LightningDataModule):
         shuffle_buffer: int = 1000,
         selection: str = "random",
         keep_ratio: float = 0.5,
+        scores: str = "on_the_fly",
+        governor: GovernorConfig | None = None,
         eval_keep_ratio: float = 1.0,
         seed: int = 0,
         data_spec: DataSpec | None = None,
@@ -62,8 +72,10 @@ class JuicerDataModule(L.LightningDataModule):
         for name, ratio in (("keep_ratio", keep_ratio), ("eval_keep_ratio", eval_keep_ratio)):
             if not 0.0 < ratio <= 1.0:
                 raise ConfigError(f"data.init_args.{name}: {ratio} is outside (0, 1]")
-        if selection not in STRATEGIES:
-            raise ConfigError(f"data.init_args.selection: {selection!r} is not one of {STRATEGIES}")
+        if selection not in ALL_STRATEGIES:
+            raise ConfigError(f"data.init_args.selection: {selection!r} is not one of {ALL_STRATEGIES}")
+        if scores not in SCORE_SOURCES:
+            raise ConfigError(f"data.init_args.scores: {scores!r} is not one of {SCORE_SOURCES}")
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"data.init_args.sampling: {sampling!r} is not one of {SAMPLING_MODES}")
         if batch_size < 1:
@@ -79,6 +91,9 @@ class JuicerDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.selection = selection
         self.keep_ratio = keep_ratio
+        self.scores = scores
+        self.governor = governor or GovernorConfig()
+        self.online_selector: OnlineSelector | None = None
         self.eval_keep_ratio = eval_keep_ratio
         self.seed = seed
         self.data_spec = data_spec
@@ -114,6 +129,18 @@ class JuicerDataModule(L.LightningDataModule):
             if self.trainer is None or not hasattr(self.trainer.lightning_module, "data_spec"):
                 raise ConfigError("JuicerDataModule needs data_spec= when used without a Juicer LightningModule")
             self.data_spec = self.trainer.lightning_module.data_spec()
+        if self.selects_on_the_fly and self.online_selector is None:
+            spec = self.data_spec
+            scorer = load_governor(self.governor.name, self.governor.pretrained)
+            self.online_selector = OnlineSelector(
+                scorer, self.selection, self.keep_ratio, spec.grid, spec.mean, spec.std
+            )
+            log.info("on-the-fly %s selection at r=%s with governor %s", self.selection, self.keep_ratio, self.governor.name)
+
+    @property
+    def selects_on_the_fly(self) -> bool:
+        """True when the governor scores training batches on the device after transfer."""
+        return self.selection in SCORE_STRATEGIES and self.scores == "on_the_fly" and self.keep_ratio < 1.0
 
     def _loader(self, urls: list[str], num_samples: int, selection: str, keep_ratio: float, key: str, train: bool):
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
@@ -144,8 +171,9 @@ class JuicerDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         """Training stream at the configured selection strategy and keep ratio."""
+        selection = "full" if self.selects_on_the_fly else self.selection  # the keep is filled after transfer
         return self._loader(
-            self.train_urls, self.train_num_samples, self.selection, self.keep_ratio, "data.init_args.train_shards", True
+            self.train_urls, self.train_num_samples, selection, self.keep_ratio, "data.init_args.train_shards", True
         )
 
     def val_dataloader(self):
@@ -162,9 +190,15 @@ class JuicerDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Take the workers' drop counts out of the batch; the step sees the plain contract."""
-        if isinstance(batch, dict):
-            merge_drops(self.drops, batch)
+        """Take the workers' drop counts out of the batch and, on the fly, select patches on the device."""
+        if not isinstance(batch, dict):
+            return batch
+        merge_drops(self.drops, batch)
+        training = self.trainer is None or self.trainer.training
+        if self.online_selector is not None and training:
+            batch["keep"], fallbacks = self.online_selector(batch["image"])
+            if fallbacks:
+                self.drops["nonfinite_scores"] += fallbacks
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,7 +19,10 @@ DROP_REASONS = (
     "no_image",
     "no_caption",
     "bad_caption_encoding",
+    "no_sidecar_entry",
 )
+# Samples that are kept but whose patches were chosen at random instead of by the governor.
+FALLBACK_REASONS = ("nonfinite_scores", "random_for_missing_sidecar")
 _LOG_FIRST = 10
 
 
@@ -32,7 +35,7 @@ class DropCounter:
 
     def drop(self, reason: str, key: str, detail: str = "") -> None:
         """Count one dropped sample (or shard) and log it."""
-        if reason not in DROP_REASONS:
+        if reason not in DROP_REASONS + FALLBACK_REASONS:
             raise ValueError(f"unknown drop reason {reason!r}")
         self.total[reason] += 1
         self._pending[reason] += 1

@@ -1,0 +1,51 @@
+"""On-the-fly selection: the DataModule scores batches with the frozen governor after transfer."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import timm
+import torch
+
+from lightning_juicer.data import DataSpec, JuicerDataModule
+from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.selection import resample_scores, select_topk
+
+SPEC = DataSpec(image_size=64, patch_size=8, tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=16))
+
+
+@pytest.fixture(scope="module")
+def governor_dir(tmp_path_factory):
+    """A tiny random timm ViT governor on a coarser grid (32 px, patch 8: 4x4) than the student (8x8)."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                              depth=2, num_heads=2, num_classes=12)
+    path = tmp_path_factory.mktemp("governor") / "tiny"
+    timm.models.save_for_hf(model, path)
+    return path
+
+
+def test_topk_on_the_fly_matches_the_governor_scores_on_the_student_grid(tiny_synthetic, governor_dir):
+    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, batch_size=8, num_workers=0, shuffle_buffer=0,
+                          selection="topk", keep_ratio=0.25, scores="on_the_fly",
+                          governor=GovernorConfig(name=str(governor_dir)), data_spec=SPEC)
+    dm.setup("fit")
+    raw = next(iter(dm.train_dataloader()))
+    assert raw["keep"] is None  # filled on the device, after transfer
+    batch = dm.on_after_batch_transfer(dict(raw), 0)
+    keep = batch["keep"]
+    assert keep.shape == (8, 16) and torch.equal(keep, keep.sort(dim=1).values)
+
+    scorer = load_governor(str(governor_dir))
+    output = scorer(scorer.prepare(raw["image"], SPEC.mean, SPEC.std))
+    assert output.grid == (4, 4)
+    expected = select_topk(resample_scores(output.scores, (4, 4), (8, 8)), 16)
+    assert torch.equal(keep, expected)
+
+
+def test_unknown_governor_fails_at_setup_naming_the_key(tiny_synthetic):
+    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, selection="topk",
+                          governor=GovernorConfig(name="no_such_governor_xyz"), data_spec=SPEC)
+    with pytest.raises(Exception, match="governor.name"):
+        dm.setup("fit")
