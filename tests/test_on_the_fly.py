@@ -49,3 +49,28 @@ def test_unknown_governor_fails_at_setup_naming_the_key(tiny_synthetic):
                           governor=GovernorConfig(name="no_such_governor_xyz"), data_spec=SPEC)
     with pytest.raises(Exception, match="governor.name"):
         dm.setup("fit")
+
+
+def test_training_on_the_fly_logs_kept_patch_pictures_with_evidence(tiny_synthetic, governor_dir, tiny_model_args, tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_juicer.callbacks import KeptPatchPictures, RunSummary
+    from lightning_juicer.models import JuicerCLIP
+
+    model = JuicerCLIP(**{**tiny_model_args, "warmup_steps": 1})
+    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, batch_size=8, num_workers=0,
+                          selection="topk", keep_ratio=0.5, governor=GovernorConfig(name=str(governor_dir)))
+    logger = TensorBoardLogger(str(tmp_path), name="otf")
+    trainer = L.Trainer(max_steps=4, logger=logger, callbacks=[KeptPatchPictures(every_n_steps=2), RunSummary()],
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    seen = []
+    original = dm.on_after_batch_transfer
+    dm.on_after_batch_transfer = lambda batch, idx: seen.append(original(batch, idx)) or seen[-1]
+    trainer.fit(model, datamodule=dm)
+    assert all(b["keep"].shape == (8, 32) for b in seen)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("train/kept_patches")] == [2, 4]
+    assert "train/class_evidence/text_summary" in events.Tags()["tensors"]

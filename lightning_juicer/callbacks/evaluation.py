@@ -1,0 +1,387 @@
+"""Zero-shot classification and image-text retrieval callbacks: during fit, at its end, and on validate/test.
+
+One callback instance evaluates one dataset; list several for several datasets. Each evaluation
+is sharded over ranks and gathered, so every rank logs the same ``eval/<name>/<metric>`` values
+(ModelCheckpoint can monitor them), appends records to ``<log_dir>/results.json`` and prints a
+compact table on rank 0.
+
+When it runs:
+
+- ``fit``: every ``every_n_steps`` optimizer steps (0 = never) in ``on_train_batch_end``, and once
+  more at the end of training (``at_fit_end``) unless the last step was just evaluated. The
+  end-of-fit run happens in ``on_train_end``, while the model is still on its device.
+- ``validate`` / ``test``: once, in ``on_validation_epoch_end`` / ``on_test_epoch_end`` (after the
+  DataModule's own val/test batches, if any), logged through ``pl_module.log`` so the figures also
+  appear in Lightning's result table and in the dicts ``trainer.validate`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import Dataset
+
+from lightning_juicer.data.synthetic import synthetic_paths
+from lightning_juicer.errors import ConfigError
+from lightning_juicer.evaluation.common import SampleKeep, eval_loader, eval_mode
+from lightning_juicer.evaluation.datasets import (
+    IMAGENET_SETS,
+    ImageFolderClassification,
+    KarpathyRetrieval,
+    WebDatasetEval,
+    imagenet_subset,
+    is_shard_spec,
+    read_classnames,
+)
+from lightning_juicer.evaluation.retrieval import evaluate_retrieval
+from lightning_juicer.evaluation.zeroshot import EvalResult, evaluate_zeroshot, resolve_templates
+from lightning_juicer.governor.selection import STRATEGIES
+
+RESULTS_FILE = "results.json"
+
+
+def append_results(path: str | Path, records: Sequence[dict]) -> None:
+    """Append records to a JSON list file, written atomically (a corrupt file is kept aside as ``.bad``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing: list = []
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(existing, list):
+                raise ValueError("not a list")
+        except ValueError:
+            os.replace(path, path.with_suffix(".json.bad"))
+            rank_zero_warn(f"{path} was not a JSON list; moved it to {path.with_suffix('.json.bad')}")
+            existing = []
+    tmp = path.with_suffix(f".json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(existing + list(records), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def checkpoint_step(path: str | Path | None) -> int | None:
+    """``global_step`` stored in a local Lightning checkpoint (memory-mapped, weights not read); None if unknown."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    except Exception:  # noqa: BLE001 - the step is informative only
+        return None
+
+
+def format_table(title: str, rows: Sequence[tuple[str, float]]) -> str:
+    """A compact two-column table of named percentages."""
+    width = max(len(name) for name, _ in rows)
+    lines = [title] + [f"  {name:<{width}}  {100 * value:6.2f}" for name, value in rows]
+    return "\n".join(lines)
+
+
+class _Evaluation(L.Callback):
+    """Scheduling, sharding, logging and results files shared by the evaluation callbacks."""
+
+    task = ""
+
+    def __init__(self, name: str, title: str | None, every_n_steps: int, at_fit_end: bool, batch_size: int,
+                 num_workers: int, keep_ratio: float, selection: str, seed: int) -> None:
+        super().__init__()
+        if every_n_steps < 0:
+            raise ConfigError(f"{self._key('every_n_steps')}: {every_n_steps} must be >= 0 (0 = off)")
+        if batch_size < 1:
+            raise ConfigError(f"{self._key('batch_size')}: {batch_size} must be >= 1")
+        if not 0.0 < keep_ratio <= 1.0:
+            raise ConfigError(f"{self._key('keep_ratio')}: {keep_ratio} is outside (0, 1]")
+        if selection not in STRATEGIES:
+            raise ConfigError(f"{self._key('selection')}: {selection!r} is not one of {STRATEGIES}")
+        self.name = name
+        self.title = title or name
+        self.every_n_steps = every_n_steps
+        self.at_fit_end = at_fit_end
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.keep_ratio = keep_ratio
+        self.selection = selection
+        self.seed = seed
+        self.dataset: Dataset | None = None
+        self.last_result: EvalResult | None = None
+        self._last_step: int | None = None
+        self._ran = False
+        self._ckpt_step: tuple[str | None, int | None] = (None, None)
+
+    @property
+    def state_key(self) -> str:
+        """Distinct per instance, so several evaluation callbacks can sit in one trainer."""
+        return self._generate_state_key(name=self.name)
+
+    def _key(self, arg: str) -> str:
+        return f"trainer.callbacks[{type(self).__name__}].init_args.{arg}"
+
+    def _synthetic(self, trainer: L.Trainer, arg: str):
+        datamodule = trainer.datamodule
+        synthetic = getattr(datamodule, "synthetic", None)
+        try:
+            paths = synthetic_paths(synthetic.root) if synthetic is not None else None
+        except FileNotFoundError:
+            paths = None
+        urls = getattr(datamodule, "train_urls", None) or []
+        if paths is None or not all(str(u).startswith(str(paths.root)) for u in urls):
+            raise ConfigError(f"{self._key(arg)}: required (the DataModule does not train on the synthetic set, "
+                              "so there is no synthetic evaluation set to default to)")
+        return paths
+
+    def build_dataset(self, trainer: L.Trainer, transform: Any) -> Dataset:
+        """The evaluation set; raises ConfigError naming the key for a missing or inconsistent one."""
+        raise NotImplementedError
+
+    def evaluate(self, pl_module: L.LightningModule, loader, keep: SampleKeep, trainer: L.Trainer) -> EvalResult:
+        """Metrics of the model on the loader (this rank's share), gathered over ranks."""
+        raise NotImplementedError
+
+    def display_names(self) -> dict[str, str]:
+        """Metric key -> name in the console table, as papers name them."""
+        raise NotImplementedError
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Check and open the evaluation set (after ``prepare_data``, so freshly generated data is there)."""
+        self._ran = False
+        if stage not in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING):
+            return
+        self.spec = pl_module.data_spec()
+        self.dataset = self.build_dataset(trainer, self.spec.image_transform())
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> EvalResult:
+        """Evaluate now on every rank (model in eval mode, no grad, modes restored); the same result on all ranks."""
+        start = time.perf_counter()
+        loader = eval_loader(self.dataset, self.spec.image_size, self.batch_size, self.num_workers,
+                             trainer.global_rank, trainer.world_size)
+        keep = SampleKeep(self.selection, self.spec.num_patches, self.keep_ratio, self.seed)
+        with eval_mode(pl_module):
+            result = self.evaluate(pl_module, loader, keep, trainer)
+        result = trainer.strategy.broadcast(result, src=0)
+        result.extra["seconds"] = round(time.perf_counter() - start, 3)
+        self.last_result, self._last_step, self._ran = result, trainer.global_step, True
+        return result
+
+    def step(self, trainer: L.Trainer) -> int:
+        """Training step the evaluated weights come from (a validate/test checkpoint's, else the trainer's)."""
+        if trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and trainer.ckpt_path:
+            if self._ckpt_step[0] != trainer.ckpt_path:
+                self._ckpt_step = (trainer.ckpt_path, checkpoint_step(trainer.ckpt_path))
+            if self._ckpt_step[1] is not None:
+                return self._ckpt_step[1]
+        return trainer.global_step
+
+    def _metrics(self, result: EvalResult) -> dict[str, float]:
+        out = {f"eval/{self.name}/{k}": v for k, v in result.metrics.items()}
+        out[f"eval/{self.name}/skipped"] = float(result.skipped)
+        return out
+
+    def _publish(self, trainer: L.Trainer, pl_module: L.LightningModule, result: EvalResult, how: str) -> None:
+        metrics = self._metrics(result)
+        if how == "epoch":
+            for key, value in metrics.items():
+                pl_module.log(key, value, sync_dist=True, batch_size=1)
+        else:
+            if how == "step":
+                for key, value in metrics.items():
+                    pl_module.log(key, value, on_step=True, on_epoch=False, logger=False, batch_size=1)
+            else:
+                trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # trainer.log_dir is a collective: all ranks
+        if trainer.is_global_zero:
+            self._write(trainer, result, log_dir)
+
+    def records(self, trainer: L.Trainer, result: EvalResult) -> list[dict]:
+        """results.json records of one evaluation, one per metric."""
+        stage = str(trainer.state.fn.value) if trainer.state.fn else None
+        checkpoint = trainer.ckpt_path if stage in ("validate", "test") else None
+        names = self.display_names()
+        common = {
+            "dataset": self.name, "task": self.task, "step": self.step(trainer), "epoch": trainer.current_epoch,
+            "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None, "keep_ratio": self.keep_ratio,
+            "selection": self.selection if self.keep_ratio < 1.0 else "full", "num_samples": result.num_samples,
+            "skipped": result.skipped, **result.extra,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        return [{"metric": k, "name": names.get(k, k), "value": v, **common} for k, v in result.metrics.items()]
+
+    def _write(self, trainer: L.Trainer, result: EvalResult, log_dir: Path) -> None:
+        append_results(log_dir / RESULTS_FILE, self.records(trainer, result))
+        names = self.display_names()
+        head = (f"{self.title} (%): step {self.step(trainer)}, keep ratio {self.keep_ratio:g}, "
+                f"{result.num_samples} images, {result.skipped} skipped, {result.extra['seconds']:.1f}s")
+        table = format_table(head, [(names.get(k, k), v) for k, v in result.metrics.items()])
+        bar = trainer.progress_bar_callback
+        if bar is not None:
+            bar.print(table)
+        else:
+            rank_zero_info(table)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Evaluate every ``every_n_steps`` optimizer steps."""
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._publish(trainer, pl_module, self.run(trainer, pl_module), "step")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Evaluate the final weights, unless that step was just evaluated."""
+        if self.at_fit_end and trainer.global_step != self._last_step:
+            self._publish(trainer, pl_module, self.run(trainer, pl_module), "end")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        """``validate``: evaluate once after the DataModule's validation batches."""
+        if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:
+            self._publish(trainer, pl_module, self.run(trainer, pl_module), "epoch")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        """``test``: evaluate once after the DataModule's test batches."""
+        if trainer.state.fn == TrainerFn.TESTING:
+            self._publish(trainer, pl_module, self.run(trainer, pl_module), "epoch")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """Say so when validate/test ended without evaluating (no val/test batches ran)."""
+        if stage in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not self._ran:
+            rank_zero_warn(
+                f"{type(self).__name__}({self.name}) did not run: the {stage} loop had no batches "
+                "(check limit_val_batches / limit_test_batches and the DataModule's val data)"
+            )
+
+
+class ZeroShotEvaluation(_Evaluation):
+    """Zero-shot top-1/top-5 from class names x prompt templates (open_clip's classifier), logged as ``eval/<name>/top1``.
+
+    Args:
+        name: dataset name in metric keys and results.json (``imagenet``, ``imagenet-r``, ``synthetic``).
+        root: ImageFolder directory (``root/<class>/<image>``) or webdataset shards with ``cls``; None = the
+            synthetic zero-shot set of a DataModule that trains on synthetic data.
+        classnames: class-names file (one per line, sorted-folder / label order) or ``imagenet`` /
+            ``imagenet-r`` / ``imagenet-a`` (wnid folders, or shard labels in that set's order); for a folder,
+            None = ``root/classnames.txt``, else wnid folders as ImageNet, else the folder names.
+        templates: ``openai`` (80, CLIP's), ``simple`` (open_clip's 7), ``photo`` ("a photo of a {}.") or a list.
+        title: name in the console table (``ImageNet-1k``); defaults to ``name``.
+        every_n_steps: evaluate every N optimizer steps during fit (0 = only at the end).
+        at_fit_end: evaluate the final weights when fit ends.
+        batch_size: images per forward on each rank.
+        num_workers: DataLoader workers per rank.
+        keep_ratio: fraction of patches the image tower sees (1.0 = full images).
+        selection: patch selection below keep ratio 1 (``random``; seeded per image).
+        seed: seed of the per-image patch selection.
+    """
+
+    task = "zeroshot"
+
+    def __init__(self, name: str = "zeroshot", root: str | None = None, classnames: str | None = None,
+                 templates: str | list[str] = "openai", title: str | None = None, every_n_steps: int = 0,
+                 at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2, keep_ratio: float = 1.0,
+                 selection: str = "random", seed: int = 0) -> None:
+        super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
+                         seed)
+        self.root = root
+        self.classnames = classnames
+        self.templates = resolve_templates(templates, self._key("templates"))
+        self.template_set = templates if isinstance(templates, str) else "custom"
+
+    def build_dataset(self, trainer: L.Trainer, transform: Any) -> Dataset:
+        """ImageFolder or webdataset classification set; fixes ``self.classnames_list``."""
+        root, classnames = self.root, self.classnames
+        if root is None:
+            paths = self._synthetic(trainer, "root")
+            root, classnames = str(paths.zeroshot_dir), classnames or str(paths.classnames_file)
+        if is_shard_spec(root):
+            if classnames is None:
+                raise ConfigError(f"{self._key('classnames')}: required for webdataset shards (a file or one of "
+                                  f"{IMAGENET_SETS})")
+            self.classnames_list = (imagenet_subset(classnames)[1] if classnames in IMAGENET_SETS
+                                    else read_classnames(classnames, self._key("classnames")))
+            return WebDatasetEval(root, "classification", transform, key=self._key("root"))
+        dataset = ImageFolderClassification(root, classnames, transform, key=self._key("root"),
+                                            classnames_key=self._key("classnames"))
+        self.classnames_list = dataset.classnames
+        return dataset
+
+    def evaluate(self, pl_module, loader, keep, trainer) -> EvalResult:
+        """Zero-shot top-1/top-5 of the model on the gathered set."""
+        result = evaluate_zeroshot(
+            pl_module, loader, self.classnames_list, self.templates, pl_module.device, keep,
+            trainer.global_rank, trainer.world_size, trainer.strategy.all_gather,
+            trainer.precision_plugin.forward_context, classnames_key=self._key("classnames"),
+        )
+        result.extra["templates"] = self.template_set
+        return result
+
+    def display_names(self) -> dict[str, str]:
+        """``top1`` -> "<title> zero-shot top-1"."""
+        return {"top1": f"{self.title} zero-shot top-1", "top5": f"{self.title} zero-shot top-5"}
+
+
+class RetrievalEvaluation(_Evaluation):
+    """Image->text and text->image recall@1/5/10 and their mean, logged as ``eval/<name>/i2t_r1`` etc.
+
+    Args:
+        name: dataset name in metric keys and results.json (``coco``, ``flickr30k``, ``synthetic``).
+        root: image folder for ``annotations``, or webdataset shards (image + ``txt``, one caption per
+            line or a JSON list); None (with no annotations) = the synthetic retrieval set.
+        annotations: Karpathy split JSON (``dataset_coco.json``) or an ALBEF/BLIP ``[{image, caption}]`` list.
+        split: Karpathy split to evaluate (``test``: COCO 5k, Flickr30k 1k).
+        captions_per_image: captions kept per image (5 in the standard protocol; None = all).
+        title: name in the console table (``COCO``); defaults to ``name``.
+        every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection, seed: as ZeroShotEvaluation.
+        chunk_size: image/caption rows per similarity block.
+    """
+
+    task = "retrieval"
+
+    def __init__(self, name: str = "retrieval", root: str | None = None, annotations: str | None = None,
+                 split: str = "test", captions_per_image: int | None = 5, title: str | None = None,
+                 every_n_steps: int = 0, at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2,
+                 keep_ratio: float = 1.0, selection: str = "random", seed: int = 0, chunk_size: int = 1024) -> None:
+        super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
+                         seed)
+        if captions_per_image is not None and captions_per_image < 1:
+            raise ConfigError(f"{self._key('captions_per_image')}: {captions_per_image} must be >= 1 (or null)")
+        self.root = root
+        self.annotations = annotations
+        self.split = split
+        self.captions_per_image = captions_per_image
+        self.chunk_size = chunk_size
+
+    def build_dataset(self, trainer: L.Trainer, transform: Any) -> Dataset:
+        """Karpathy JSON + image folder, or webdataset shards."""
+        root, annotations = self.root, self.annotations
+        if root is None and annotations is None:
+            paths = self._synthetic(trainer, "root")
+            root, annotations = str(paths.retrieval_json.parent), str(paths.retrieval_json)
+        if root is None:
+            raise ConfigError(f"{self._key('root')}: required with annotations (the folder holding the images)")
+        if annotations is None:
+            if not is_shard_spec(root):
+                raise ConfigError(f"{self._key('annotations')}: required unless root is webdataset shards "
+                                  f"(got the folder or missing path {root})")
+            return WebDatasetEval(root, "retrieval", transform, key=self._key("root"),
+                                  captions_per_image=self.captions_per_image)
+        return KarpathyRetrieval(annotations, root, transform, self.split, self.captions_per_image,
+                                 key=self._key("root"), annotations_key=self._key("annotations"))
+
+    def evaluate(self, pl_module, loader, keep, trainer) -> EvalResult:
+        """Recall@K both ways on the gathered set."""
+        return evaluate_retrieval(
+            pl_module, loader, pl_module.device, keep, trainer.global_rank, trainer.world_size,
+            trainer.strategy.all_gather, trainer.precision_plugin.forward_context, chunk_size=self.chunk_size,
+        )
+
+    def display_names(self) -> dict[str, str]:
+        """``i2t_r1`` -> "<title> image->text R@1", ..., ``mean_recall`` -> "<title> mean recall"."""
+        names = {f"i2t_r{k}": f"{self.title} image->text R@{k}" for k in (1, 5, 10)}
+        names.update({f"t2i_r{k}": f"{self.title} text->image R@{k}" for k in (1, 5, 10)})
+        names["mean_recall"] = f"{self.title} mean recall"
+        return names

@@ -1,0 +1,62 @@
+"""TensorBoard pictures of what the student trains on: kept patches in colour, discarded ones greyed out."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchvision.utils import make_grid
+
+from lightning_juicer.errors import ConfigError
+from lightning_juicer.governor.evidence import ClassHead, class_evidence
+from lightning_juicer.visualize import denormalize, grey_out_dropped
+
+
+class KeptPatchPictures(L.Callback):
+    """Every ``every_n_steps`` training steps, log a grid of the batch's images with discarded patches greyed.
+
+    With an on-the-fly governor that has a classifier head, the class evidence (p > ``threshold``)
+    of each pictured image is logged as text next to the grid.
+    """
+
+    def __init__(self, every_n_steps: int = 200, max_images: int = 16, threshold: float = 0.7) -> None:
+        if every_n_steps < 1:
+            raise ConfigError("trainer.callbacks[KeptPatchPictures].init_args.every_n_steps: must be >= 1")
+        self.every_n_steps = every_n_steps
+        self.max_images = max_images
+        self.threshold = threshold
+        self._head: ClassHead | None = None
+
+    def _evidence(self, trainer, images: torch.Tensor) -> list[str] | None:
+        selector = getattr(trainer.datamodule, "online_selector", None)
+        if selector is None:
+            return None
+        if self._head is None:
+            model = selector.scorer.model
+            activation = (getattr(model, "pretrained_cfg", None) or {}).get("activation", "softmax")
+            try:
+                self._head = ClassHead.from_model(selector.scorer, activation=activation).to(images.device)
+            except ConfigError:
+                return None
+        spec = trainer.datamodule.data_spec
+        cls = selector.scorer(selector.scorer.prepare(images.float(), spec.mean, spec.std)).cls
+        found = class_evidence(self._head(cls), self._head.classnames, self.threshold)
+        return [", ".join(f"{name} {p:.2f}" for name, p in classes) or "-" for classes in found]
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Log the picture (rank zero, TensorBoard only)."""
+        step = trainer.global_step
+        if not trainer.is_global_zero or step % self.every_n_steps != 0 or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        spec = pl_module.data_spec()
+        images = batch["image"][: self.max_images]
+        keep = batch.get("keep")
+        keep = None if keep is None else keep[: self.max_images]
+        pictures = grey_out_dropped(denormalize(images.float(), spec.mean, spec.std), keep, spec.patch_size)
+        experiment = trainer.logger.experiment
+        experiment.add_image("train/kept_patches", make_grid(pictures, nrow=8, padding=2).cpu(), step)
+        evidence = self._evidence(trainer, images)
+        if evidence is not None:
+            rows = [f"| {i} | {key} | {text} |" for i, (key, text) in enumerate(zip(batch["key"], evidence))]
+            experiment.add_text("train/class_evidence", "\n".join(["| # | key | evidence |", "|---|---|---|", *rows]), step)
