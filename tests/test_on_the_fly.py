@@ -22,7 +22,9 @@ def governor_dir(tmp_path_factory):
     model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
                               depth=2, num_heads=2, num_classes=12)
     path = tmp_path_factory.mktemp("governor") / "tiny"
-    timm.models.save_for_hf(model, path)
+    names = ["arrow", "circle", "crescent", "cross", "diamond", "heart", "hexagon", "pentagon", "ring", "square",
+             "star", "triangle"]
+    timm.models.save_for_hf(model, path, model_config={"label_names": names})
     return path
 
 
