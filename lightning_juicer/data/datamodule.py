@@ -11,15 +11,18 @@ import lightning as L
 from lightning_juicer.data.drops import DropCounter, merge_drops
 from lightning_juicer.data.pipeline import SAMPLING_MODES, batches_per_epoch, build_loader
 from lightning_juicer.data.samples import BatchCollator, SampleDecoder
+from lightning_juicer.data.sidecars import SIDECAR_KEY, SidecarJoin
 from lightning_juicer.data.shards import count_samples, expand_shards
 from lightning_juicer.data.spec import DataSpec
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.governor.sidecar import check_sidecar, sidecar_path
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
 from lightning_juicer.governor.selection import ALL_STRATEGIES, SCORE_STRATEGIES
 
 SCORE_SOURCES = ("on_the_fly", "sidecar")
+MISSING_SIDECAR_POLICIES = ("random", "skip")
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ class JuicerDataModule(L.LightningDataModule):
         scores: where ``topk`` / ``stratified`` get patch scores: ``on_the_fly`` (the frozen governor
             scores each batch on the accelerator after transfer) or ``sidecar`` (precomputed).
         governor: the frozen governor for on-the-fly scoring (and the one sidecars must come from).
+        sidecar_dir: folder of the ``<shard>.juice.parquet`` sidecars (default: next to each shard).
+        missing_sidecar: a sample with no sidecar entry gets ``random`` patches or is skipped
+            (``skip``); counted either way. (``full`` is impossible: a batch has one k.)
         eval_keep_ratio: keep ratio used for validation/test batches (1.0 = full images).
         seed: base seed for shard order and shuffling.
     """
@@ -64,6 +70,8 @@ class JuicerDataModule(L.LightningDataModule):
         keep_ratio: float = 0.5,
         scores: str = "on_the_fly",
         governor: GovernorConfig | None = None,
+        sidecar_dir: str | None = None,
+        missing_sidecar: str = "random",
         eval_keep_ratio: float = 1.0,
         seed: int = 0,
         data_spec: DataSpec | None = None,
@@ -76,6 +84,11 @@ class JuicerDataModule(L.LightningDataModule):
             raise ConfigError(f"data.init_args.selection: {selection!r} is not one of {ALL_STRATEGIES}")
         if scores not in SCORE_SOURCES:
             raise ConfigError(f"data.init_args.scores: {scores!r} is not one of {SCORE_SOURCES}")
+        if missing_sidecar not in MISSING_SIDECAR_POLICIES:
+            raise ConfigError(
+                f"data.init_args.missing_sidecar: {missing_sidecar!r} is not one of {MISSING_SIDECAR_POLICIES} "
+                "(every sample of a batch keeps the same number of patches, so one sample cannot keep all)"
+            )
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"data.init_args.sampling: {sampling!r} is not one of {SAMPLING_MODES}")
         if batch_size < 1:
@@ -94,6 +107,8 @@ class JuicerDataModule(L.LightningDataModule):
         self.scores = scores
         self.governor = governor or GovernorConfig()
         self.online_selector: OnlineSelector | None = None
+        self.sidecar_dir = sidecar_dir
+        self.missing_sidecar = missing_sidecar
         self.eval_keep_ratio = eval_keep_ratio
         self.seed = seed
         self.data_spec = data_spec
@@ -137,12 +152,35 @@ class JuicerDataModule(L.LightningDataModule):
             )
             log.info("on-the-fly %s selection at r=%s with governor %s", self.selection, self.keep_ratio, self.governor.name)
 
+        if self.selects_from_sidecars:
+            self._check_sidecars()
+
+    def _check_sidecars(self) -> None:
+        """Refuse sidecars of another governor at start-up; report shards that have none."""
+        paths = [sidecar_path(url, self.sidecar_dir, key=SIDECAR_KEY) for url in self.train_urls]
+        present = [p for p in paths if p.is_file()]
+        if not present:
+            raise ConfigError(
+                f"{SIDECAR_KEY}: no sidecars found (looked for {paths[0]}); run the vision pass "
+                "(preprocess/vision_pass.py) or set data.init_args.scores on_the_fly"
+            )
+        check_sidecar(present[0], governor=self.governor.name, key="data.init_args.governor.name")
+        if len(present) < len(paths):
+            log.warning("%d of %d shards have no sidecar; their samples follow missing_sidecar=%s",
+                        len(paths) - len(present), len(paths), self.missing_sidecar)
+
+    @property
+    def selects_from_sidecars(self) -> bool:
+        """True when training batches select patches from precomputed sidecar scores."""
+        return self.selection in SCORE_STRATEGIES and self.scores == "sidecar" and self.keep_ratio < 1.0
+
     @property
     def selects_on_the_fly(self) -> bool:
         """True when the governor scores training batches on the device after transfer."""
         return self.selection in SCORE_STRATEGIES and self.scores == "on_the_fly" and self.keep_ratio < 1.0
 
     def _loader(self, urls: list[str], num_samples: int, selection: str, keep_ratio: float, key: str, train: bool):
+        from_sidecars = train and self.selects_from_sidecars
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampling, num_workers = self.sampling, self.num_workers
         if not train:
@@ -154,8 +192,9 @@ class JuicerDataModule(L.LightningDataModule):
         spec = self.data_spec
         return build_loader(
             urls,
-            decode=SampleDecoder(spec.image_transform(), drops),
-            collate=BatchCollator(spec.tokenizer, selection, keep_ratio, spec.num_patches),
+            decode=SampleDecoder(spec.image_transform(), drops, self.missing_sidecar if from_sidecars else None),
+            collate=BatchCollator(spec.tokenizer, selection, keep_ratio, spec.grid, drops),
+            join=SidecarJoin(self.sidecar_dir) if from_sidecars else None,
             drops=drops,
             batch_size=self.batch_size,
             num_batches=batches_per_epoch(num_samples, self.batch_size, world_size, num_workers),

@@ -33,12 +33,12 @@ class DropCounter:
         self.total: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
 
-    def drop(self, reason: str, key: str, detail: str = "") -> None:
-        """Count one dropped sample (or shard) and log it."""
+    def drop(self, reason: str, key: str, detail: str = "", count: int = 1) -> None:
+        """Count a dropped sample (or shard, or a random fallback) and log it."""
         if reason not in DROP_REASONS + FALLBACK_REASONS:
             raise ValueError(f"unknown drop reason {reason!r}")
-        self.total[reason] += 1
-        self._pending[reason] += 1
+        self.total[reason] += count
+        self._pending[reason] += count
         n = self.total[reason]
         if n <= _LOG_FIRST or n % 1000 == 0:
             log.warning("dropped %s (%s, #%d of this reason here)%s", key, reason, n, f": {detail}" if detail else "")

@@ -97,6 +97,7 @@ def build_loader(
     seed: int,
     shuffle_buffer: int,
     key: str,
+    join: Callable[[dict], dict] | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader over shards yielding exactly ``num_batches`` contract batches on this rank."""
@@ -105,6 +106,8 @@ def build_loader(
         urls, sampling=sampling, rank=rank, world_size=world_size, num_workers=num_workers, seed=seed, key=key
     )
     stages += [wds.tarfile_to_samples(handler=drops.handler)]
+    if join is not None:
+        stages += [wds.map(join)]
     if shuffle_buffer > 0:
         stages += [wds.detshuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed + rank)]
     stages += [

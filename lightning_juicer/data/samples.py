@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from lightning_juicer.data.drops import DropCounter
-from lightning_juicer.governor.selection import select_patches
+from lightning_juicer.governor.selection import SCORE_STRATEGIES, resample_scores, select_from_scores, select_patches
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt",)
@@ -27,11 +27,16 @@ def load_rgb(data: bytes) -> Image.Image:
 
 
 class SampleDecoder:
-    """Raw webdataset sample -> ``{key, image, caption}``, or None for a counted drop."""
+    """Raw webdataset sample -> ``{key, image, caption[, scores]}``, or None for a counted drop.
 
-    def __init__(self, transform: Callable, drops: DropCounter) -> None:
+    With ``missing_scores`` set, samples carry their sidecar scores; a sample without a sidecar
+    entry is dropped (``"skip"``) or kept for random selection (``"random"``), counted either way.
+    """
+
+    def __init__(self, transform: Callable, drops: DropCounter, missing_scores: str | None = None) -> None:
         self.transform = transform
         self.drops = drops
+        self.missing_scores = missing_scores
 
     def __call__(self, sample: dict) -> dict | None:
         key = sample.get("__key__", "?")
@@ -56,22 +61,62 @@ class SampleDecoder:
         except Exception as exn:  # PIL raises many types for broken files
             self.drops.drop("corrupt_image", key, repr(exn))
             return None
-        return {"key": key, "image": self.transform(image), "caption": caption}
+        scores = sample.get("__scores__")
+        if self.missing_scores is not None and scores is None:
+            if self.missing_scores == "skip":
+                self.drops.drop("no_sidecar_entry", key)
+                return None
+            self.drops.drop("random_for_missing_sidecar", key)
+        decoded = {"key": key, "image": self.transform(image), "caption": caption}
+        if self.missing_scores is not None:
+            decoded["scores"] = scores
+        return decoded
 
 
 class BatchCollator:
-    """List of decoded samples -> the batch contract ``{image, keep, text, key}``."""
+    """List of decoded samples -> the batch contract ``{image, keep, text, key}``.
 
-    def __init__(self, tokenizer: Callable, selection: str, keep_ratio: float, num_patches: int) -> None:
+    Score strategies (``topk``, ``stratified``) select from the samples' sidecar scores, resampled
+    from the governor's grid onto the student's; samples without scores (or with non-finite ones)
+    get random patches, counted.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Callable,
+        selection: str,
+        keep_ratio: float,
+        grid: tuple[int, int],
+        drops: DropCounter | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.selection = selection
         self.keep_ratio = keep_ratio
-        self.num_patches = num_patches
+        self.grid = tuple(grid)
+        self.drops = drops
+
+    def select(self, samples: list[dict]) -> torch.Tensor | None:
+        """Kept patch indices for the batch (None = all)."""
+        num_patches = self.grid[0] * self.grid[1]
+        if self.selection not in SCORE_STRATEGIES:
+            return select_patches(self.selection, len(samples), num_patches, self.keep_ratio)
+        present = [s["scores"] for s in samples if s.get("scores") is not None]
+        source_grid = present[0][1] if present else self.grid
+        source = torch.full((len(samples), source_grid[0] * source_grid[1]), float("nan"))
+        for i, sample in enumerate(samples):
+            if sample.get("scores") is not None:
+                source[i] = torch.from_numpy(sample["scores"][0].astype("float32"))
+        scores = resample_scores(source, source_grid, self.grid)
+        keep, fallbacks = select_from_scores(self.selection, scores, self.keep_ratio)
+        nonfinite = fallbacks - (len(samples) - len(present))
+        if nonfinite and self.drops is not None:
+            self.drops.drop("nonfinite_scores", samples[0]["key"], f"{nonfinite} sample(s) in this batch", count=nonfinite)
+        return keep
 
     def __call__(self, samples: list[dict]) -> dict:
         return {
             "image": torch.stack([s["image"] for s in samples]),
-            "keep": select_patches(self.selection, len(samples), self.num_patches, self.keep_ratio),
+            "keep": self.select(samples),
             "text": self.tokenizer([s["caption"] for s in samples]),
             "key": [s["key"] for s in samples],
         }
