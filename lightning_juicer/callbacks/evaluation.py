@@ -258,7 +258,7 @@ class _Evaluation(L.Callback):
 
 
 class ZeroShotEvaluation(_Evaluation):
-    """Zero-shot top-1/top-5 from class names x prompt templates (open_clip's classifier), logged as ``eval/<name>/top1``.
+    """Zero-shot top-1/top-5 from class names x prompt templates (open_clip's classifier): ``eval/<name>/top1``.
 
     Args:
         name: dataset name in metric keys and results.json (``imagenet``, ``imagenet-r``, ``synthetic``).
