@@ -10,6 +10,8 @@
 * ``open_clip:<model>`` (``open_clip:ViT-B-16``) with ``governor.pretrained`` an open_clip tag
   (``True``: the model's first listed tag) or a weights file, the tag's weights again taken from
   the local cache only; ``open_clip:local-dir:<folder>`` for an open_clip folder;
+* ``juicer-synthetic``: the small ViT shipped in the package, trained on the synthetic data
+  (``preprocess/train_governor.py``), so the quickstart runs the real method with no download;
 * a local folder: a timm export (``config.json`` + weights, as written by
   ``timm.models.save_for_hf``) or an open_clip export (``open_clip_config.json`` + weights).
 
@@ -32,6 +34,7 @@ from torch import nn
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.scoring import PatchScorer
 
+BUILTIN_GOVERNORS = {"juicer-synthetic": Path(__file__).resolve().parents[1] / "assets" / "governor-synthetic"}
 OPEN_CLIP_PREFIX = "open_clip:"
 LOCAL_DIR_PREFIX = "local-dir:"
 NAME_KEY = "governor.name"
@@ -189,7 +192,7 @@ def _load_open_clip(name: str, pretrained: bool | str | Path, **model_kwargs) ->
 
 def load_governor_model(name_or_path: str | Path, pretrained: bool | str | Path = True, **model_kwargs) -> nn.Module:
     """The governor network (a timm model or an open_clip CLIP model), frozen and in eval mode."""
-    name = str(name_or_path)
+    name = str(BUILTIN_GOVERNORS.get(str(name_or_path), name_or_path))
     if name.startswith(OPEN_CLIP_PREFIX):
         model = _load_open_clip(name[len(OPEN_CLIP_PREFIX) :], pretrained, **model_kwargs)
     elif name.startswith(LOCAL_DIR_PREFIX) or os.sep in name or Path(name).exists():

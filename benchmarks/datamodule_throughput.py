@@ -1,0 +1,83 @@
+"""DataModule samples/s from the same shards: full images vs precomputed top-k vs on-the-fly scoring.
+
+    python benchmarks/datamodule_throughput.py                       # 64 px synthetic, the shipped governor
+    python benchmarks/datamodule_throughput.py --image-size 224 --governor vit_small_patch16_224.dino \
+        --student ViT-B-16 --images 8192 --batch-size 256 --num-workers 8          # real-size, GPU
+
+Target: precomputed top-k selection at >= 0.95x the samples/s of full images (selection is free);
+on-the-fly adds the governor's forward on the device after transfer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import open_clip
+import torch
+
+from lightning_juicer.data import DataSpec, JuicerDataModule
+from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
+from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.vision_pass import run_vision_pass
+
+
+def samples_per_second(dm: JuicerDataModule, device: str, batches: int) -> float:
+    """Samples/s of the training stream, including the transfer and on_after_batch_transfer."""
+    dm.setup("fit")
+    loader = iter(dm.train_dataloader())
+    next(loader)  # start the workers
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        batch = next(loader)
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = dm.on_after_batch_transfer(batch, 0)
+        seen += batch["image"].shape[0]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    """Run the benchmark and print samples/s per mode and the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--governor", default="juicer-synthetic")
+    parser.add_argument("--student", default="ViT-B-16", help="open_clip model whose tokenizer/normalisation to use")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=24)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--keep-ratio", type=float, default=0.5)
+    parser.add_argument("--root", default=None)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    root = Path(args.root or tempfile.mkdtemp()) / f"bench{args.image_size}"
+    data = prepare_synthetic(SyntheticConfig(root=str(root), image_size=args.image_size, num_train=args.images,
+                                             samples_per_shard=max(1, args.images // (2 * max(1, args.num_workers))),
+                                             num_val=8, eval_per_class=1, num_retrieval=5))
+    pretrained = args.governor == "juicer-synthetic"
+    run_vision_pass({"shards": data.train_shards, "sidecar_dir": str(root / "side"),
+                     "governor": {"name": args.governor, "pretrained": pretrained}, "batch_size": 128,
+                     "num_workers": args.num_workers, "devices": 1, "progress": False})
+    spec = DataSpec(image_size=args.image_size, patch_size=args.patch_size, tokenizer=open_clip.get_tokenizer(args.student))
+    governor = GovernorConfig(name=args.governor, pretrained=pretrained)
+    common = dict(train_shards=data.train_shards, batch_size=args.batch_size, num_workers=args.num_workers,
+                  keep_ratio=args.keep_ratio, data_spec=spec, governor=governor)
+    modes = {
+        "full": dict(selection="full"),
+        "random": dict(selection="random"),
+        "topk precomputed": dict(selection="topk", scores="sidecar", sidecar_dir=str(root / "side")),
+        "topk on the fly": dict(selection="topk", scores="on_the_fly"),
+    }
+    rates = {name: samples_per_second(JuicerDataModule(**common, **mode), device, args.batches) for name, mode in modes.items()}
+    print(f"device: {device}, {args.image_size} px, batch {args.batch_size}, {args.num_workers} workers, r={args.keep_ratio}")
+    for name, rate in rates.items():
+        print(f"{name:>18}: {rate:8.1f} samples/s   {rate / rates['full']:.2f}x of full")
+
+
+if __name__ == "__main__":
+    main()
