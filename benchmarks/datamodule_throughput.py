@@ -43,7 +43,7 @@ def samples_per_second(dm: JuicerDataModule, device: str, batches: int) -> float
 def main() -> None:
     """Run the benchmark and print samples/s per mode and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--governor", default="juicer-synthetic")
+    parser.add_argument("--governor", default="vit_small_patch16_224.dino", help="juicer-synthetic once shipped")
     parser.add_argument("--student", default="ViT-B-16", help="open_clip model whose tokenizer/normalisation to use")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--patch-size", type=int, default=8)
