@@ -93,6 +93,7 @@ class JuicerDataModule(L.LightningDataModule):
             raise ConfigError(f"data.init_args.sampling: {sampling!r} is not one of {SAMPLING_MODES}")
         if batch_size < 1:
             raise ConfigError(f"data.init_args.batch_size: {batch_size} must be >= 1")
+        self._synthetic_source = train_shards is None
         self.train_urls = None if train_shards is None else expand_shards(train_shards, "data.init_args.train_shards")
         self.val_urls = None if val_shards is None else expand_shards(val_shards, "data.init_args.val_shards")
         self.train_num_samples = train_num_samples
@@ -117,7 +118,7 @@ class JuicerDataModule(L.LightningDataModule):
     @property
     def uses_synthetic(self) -> bool:
         """True when training on the generated synthetic set."""
-        return self.train_urls is None
+        return self._synthetic_source
 
     def prepare_data(self) -> None:
         """Generate the synthetic dataset once, if it is the data source and not on disk yet."""
@@ -126,7 +127,7 @@ class JuicerDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Resolve shard lists and sample counts, and take image size / tokenizer from the model."""
-        if self.uses_synthetic:
+        if self.uses_synthetic and self.train_urls is None:
             paths = synthetic_paths(self.synthetic.root)
             self.train_urls = expand_shards(paths.train_shards, "data.init_args.synthetic.root")
             if self.val_urls is None:
