@@ -66,7 +66,7 @@ class GovernorTrainConfig:
 
     out: str = str(SYNTHETIC_GOVERNOR)
     seed: int = 0
-    steps: int = 2000
+    steps: int = 2400
     batch_size: int = 64
     pool_size: int = 16_000
     lr: float = 3e-3
@@ -80,7 +80,6 @@ class GovernorTrainConfig:
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 2.0
-    channel_shuffle: bool = True
     pos_init: str = "sincos"
     attn_init: str = "mimetic"
     cls_loss_weight: float = 1.0
@@ -279,9 +278,6 @@ def _train(cfg: GovernorTrainConfig, log) -> tuple[VisionTransformer, dict]:
         x = images[idx]
         frac, cfrac = fraction[idx], class_fraction[idx].float()
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
-        if cfg.channel_shuffle:  # colour is not the class: permute RGB per image
-            perm = torch.rand(cfg.batch_size, 3, generator=generator).argsort(dim=1)
-            x = x.gather(3, perm.view(-1, 1, 1, 3).expand_as(x))
         frac = torch.where(flip.view(-1, 1, 1), frac.flip(2), frac).flatten(1)
         cfrac = torch.where(flip.view(-1, 1, 1, 1), cfrac.flip(2), cfrac).flatten(1, 2)
         x = to_tensor(x.numpy(), MEAN, STD)
