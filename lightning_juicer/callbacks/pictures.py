@@ -32,10 +32,8 @@ class KeptPatchPictures(L.Callback):
         if selector is None:
             return None
         if self._head is None:
-            model = selector.scorer.model
-            activation = (getattr(model, "pretrained_cfg", None) or {}).get("activation", "softmax")
             try:
-                self._head = ClassHead.from_model(selector.scorer, activation=activation).to(images.device)
+                self._head = ClassHead.from_model(selector.scorer).to(images.device)
             except ConfigError:
                 return None
         spec = trainer.datamodule.data_spec

@@ -113,10 +113,14 @@ class ClassHead(nn.Module):
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, classnames: Sequence[str] | str | Path | None = None, activation: str = "softmax"
+        cls, model: nn.Module, classnames: Sequence[str] | str | Path | None = None, activation: str | None = None
     ) -> ClassHead:
-        """The governor's own classifier head (a timm model with ``num_classes > 0``)."""
+        """The governor's own classifier head; ``activation`` defaults to the one its folder records, else softmax."""
         model = getattr(model, "model", model)
+        if activation is None:
+            from lightning_juicer.governor.training import governor_activation
+
+            activation = governor_activation(model) or "softmax"
         head = model.get_classifier() if hasattr(model, "get_classifier") else None
         if not isinstance(head, nn.Linear):
             raise ConfigError(
