@@ -10,7 +10,7 @@ import torch
 
 from lightning_juicer.data.synthetic import SHAPE_CLASSES
 from lightning_juicer.governor.evidence import ClassHead
-from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.governor.loading import governor_activation, load_governor
 from lightning_juicer.governor.quality import OBJECT_PATCH_THRESHOLD, governor_quality, render_scenes
 from lightning_juicer.governor.scoring import PatchScorer
 from lightning_juicer.governor.training import (
@@ -19,7 +19,6 @@ from lightning_juicer.governor.training import (
     GovernorTrainConfig,
     build_governor,
     forward_with_scores,
-    governor_activation,
     save_governor,
     train_governor,
 )

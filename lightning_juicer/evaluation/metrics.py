@@ -30,15 +30,22 @@ def hit_rates(ranks: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
     return {k: (ranks < k).double().mean().item() for k in ks}
 
 
+def chunked_label_ranks(
+    queries: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """Rank of each query's true candidate ``labels[i]`` in ``queries @ candidates``, ``chunk_size`` queries at a time."""
+    ranks = [
+        label_ranks(queries[i : i + chunk_size] @ candidates, labels[i : i + chunk_size])
+        for i in range(0, len(queries), chunk_size)
+    ]
+    return torch.cat(ranks) if ranks else labels.new_zeros(0)
+
+
 def zeroshot_ranks(
     image_features: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096
 ) -> torch.Tensor:
     """Rank of the true class for each image; ``classifier`` is [D, C] as open_clip builds it."""
-    ranks = [
-        label_ranks(image_features[i : i + chunk_size] @ classifier, labels[i : i + chunk_size])
-        for i in range(0, len(image_features), chunk_size)
-    ]
-    return torch.cat(ranks) if ranks else labels.new_zeros(0)
+    return chunked_label_ranks(image_features, classifier, labels, chunk_size)
 
 
 def zeroshot_accuracy(
@@ -76,11 +83,7 @@ def text_to_image_ranks(
     image_features: torch.Tensor, text_features: torch.Tensor, text_to_image: torch.Tensor, chunk_size: int = 1024
 ) -> torch.Tensor:
     """Per caption, the rank of its image among all other images."""
-    ranks = []
-    for start in range(0, len(text_features), chunk_size):
-        sims = text_features[start : start + chunk_size] @ image_features.T
-        ranks.append(label_ranks(sims, text_to_image[start : start + chunk_size]))
-    return torch.cat(ranks) if ranks else text_to_image.new_zeros(0)
+    return chunked_label_ranks(text_features, image_features.T, text_to_image, chunk_size)
 
 
 def retrieval_recall(

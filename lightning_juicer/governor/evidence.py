@@ -118,7 +118,7 @@ class ClassHead(nn.Module):
         """The governor's own classifier head; ``activation`` defaults to the one its folder records, else softmax."""
         model = getattr(model, "model", model)
         if activation is None:
-            from lightning_juicer.governor.training import governor_activation
+            from lightning_juicer.governor.loading import governor_activation
 
             activation = governor_activation(model) or "softmax"
         head = model.get_classifier() if hasattr(model, "get_classifier") else None

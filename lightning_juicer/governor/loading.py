@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -219,3 +220,17 @@ def load_governor(
     """A ``PatchScorer`` around the governor named by ``governor.name`` (see module docs), on ``device``."""
     scorer = PatchScorer(load_governor_model(name_or_path, pretrained, **model_kwargs))
     return scorer.to(device) if device is not None else scorer
+
+
+def governor_activation(model_or_scorer: nn.Module) -> str | None:
+    """The ``activation`` recorded in the config.json of a governor loaded from a folder, if any."""
+    model = getattr(model_or_scorer, "model", model_or_scorer)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("source") != "local-dir" or not cfg.get("file"):
+        return None
+    path = Path(cfg["file"]) / "config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("activation")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None

@@ -7,7 +7,7 @@ from scratch on two CPU cores in about 8 minutes (``preprocess/train_governor.py
 * **class head** (Eq. 4's Γ_pred): multi-label, one sigmoid per ``SHAPE_CLASSES`` entry, binary
   cross-entropy against the shapes present (1-3 objects per scene). Evidence therefore uses
   ``activation="sigmoid"`` (recorded as ``"activation"`` in the folder's ``config.json``; see
-  ``governor_activation``).
+  ``governor.loading.governor_activation``).
 * **patch scores** (Eq. 2): the last block's CLS-query / patch-key scores, computed with
   ``cls_patch_scores`` on that block's pre-normed input exactly as ``PatchScorer`` does but with
   gradients, are trained to rank object patches first: binary cross-entropy of ``a * s + b``
@@ -37,7 +37,6 @@ quality figures of ``governor_quality`` on held-out scenes.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import multiprocessing as mp
 import time
@@ -357,17 +356,3 @@ def save_governor(model: VisionTransformer, out: str | Path, record: dict | None
     for file in (out / "config.json", out / "model.safetensors"):
         file.chmod(0o644)  # safetensors writes owner-only files
     return out
-
-
-def governor_activation(model_or_scorer: nn.Module) -> str | None:
-    """The ``activation`` recorded in the config.json of a governor loaded from a folder, if any."""
-    model = getattr(model_or_scorer, "model", model_or_scorer)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if cfg.get("source") != "local-dir" or not cfg.get("file"):
-        return None
-    path = Path(cfg["file"]) / "config.json"
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("activation")
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, str) else None
