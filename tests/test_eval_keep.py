@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_juicer.callbacks.evaluation import RetrievalEvaluation, ZeroShotEvaluation
+from lightning_juicer.cli import main
 from lightning_juicer.data.datamodule import JuicerDataModule
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.errors import ConfigError
@@ -18,9 +19,10 @@ from lightning_juicer.evaluation.common import ScoreKeep, eval_loader
 from lightning_juicer.evaluation.datasets import KarpathyRetrieval
 from lightning_juicer.evaluation.retrieval import evaluate_retrieval
 from lightning_juicer.governor.loading import load_governor
-from lightning_juicer.governor.online import OnlineSelector
+from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
 from lightning_juicer.governor.selection import select_topk
 from lightning_juicer.models.module import JuicerCLIP
+from tests.conftest import QUICKSTART
 
 GRID, MEAN, STD = (8, 8), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -93,3 +95,16 @@ def test_validate_evaluates_at_r_below_one_with_topk(data, model, tmp_path):
 def test_unknown_eval_selection_is_a_config_error():
     with pytest.raises(ConfigError, match=r"RetrievalEvaluation\]\.init_args\.selection: 'best'"):
         RetrievalEvaluation(selection="best")
+
+
+def test_eval_config_with_a_governor_parses(tmp_path):
+    extra = tmp_path / "eval_r050.yaml"
+    extra.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: lightning_juicer.callbacks.ZeroShotEvaluation\n"
+        "      init_args: {name: zs_r050, keep_ratio: 0.5, selection: topk, governor: {name: juicer-synthetic}}\n"
+    )
+    cli = main(["--config", str(QUICKSTART), "--config", str(extra)], run=False)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, ZeroShotEvaluation)]
+    assert (callback.keep_ratio, callback.selection) == (0.5, "topk")
+    assert callback.governor == GovernorConfig("juicer-synthetic")
