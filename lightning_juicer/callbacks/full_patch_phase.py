@@ -79,14 +79,15 @@ class FullPatchPhase(L.Callback):
         if self.lr_multiplier != 1.0:
             self._scale_schedules(trainer)
         rank_zero_info(
-            f"full-patch phase: steps {self.start_step}..{self.total_steps} of {self.total_steps} on all patches, "
-            f"lr x {self.lr_multiplier:g}"
+            f"full-patch phase: the last {self.total_steps - self.start_step} of {self.total_steps} steps "
+            f"(from step {self.start_step}) on all patches, lr x {self.lr_multiplier:g}"
         )
         if trainer.global_step > self.start_step:
             rank_zero_info(f"full-patch phase: resumed at step {trainer.global_step}, inside the phase "
                            f"(it began at step {self.start_step})")
 
     def _scale_schedules(self, trainer: L.Trainer) -> None:
+        """Multiply every per-step LambdaLR factor by ``lr_multiplier`` from ``start_step`` on."""
         for config in trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             if not hasattr(scheduler, "lr_lambdas") or config.interval != "step":
