@@ -9,10 +9,16 @@ from lightning.pytorch.cli import LightningCLI
 from lightning_juicer.data.datamodule import JuicerDataModule
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.models.module import JuicerCLIP
+from lightning_juicer.resume import continue_last_version
 
 
 class JuicerCLI(LightningCLI):
     """LightningCLI over any JuicerCLIP subclass and JuicerDataModule subclass, saving the config beside the logs."""
+
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` continues the newest version that has a last.ckpt, in the same log folder."""
+        if self.config_init[self.subcommand].get("ckpt_path") == "last":
+            continue_last_version(self.trainer)
 
 
 def find_config_error(exn: BaseException | None) -> ConfigError | None:

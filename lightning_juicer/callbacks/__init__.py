@@ -1,8 +1,9 @@
-"""Lightning callbacks: evaluation, throughput, kept-patch pictures, run summary and manifest."""
+"""Lightning callbacks: evaluation, full-patch phase, throughput, kept-patch pictures, run summary and manifest."""
 
 from lightning_juicer.callbacks.evaluation import RetrievalEvaluation, ZeroShotEvaluation
+from lightning_juicer.callbacks.full_patch_phase import FullPatchPhase
 from lightning_juicer.callbacks.pictures import KeptPatchPictures
 from lightning_juicer.callbacks.run_summary import RunSummary
 from lightning_juicer.callbacks.throughput import ImageThroughput
 
-__all__ = ["ImageThroughput", "KeptPatchPictures", "RetrievalEvaluation", "RunSummary", "ZeroShotEvaluation"]
+__all__ = ["FullPatchPhase", "ImageThroughput", "KeptPatchPictures", "RetrievalEvaluation", "RunSummary", "ZeroShotEvaluation"]

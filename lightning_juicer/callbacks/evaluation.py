@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from lightning_juicer.data.synthetic import synthetic_paths
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.evaluation.common import SampleKeep, eval_loader, eval_mode
+from lightning_juicer.evaluation.common import SampleKeep, ScoreKeep, eval_loader, eval_mode
 from lightning_juicer.evaluation.datasets import (
     IMAGENET_SETS,
     ImageFolderClassification,
@@ -44,7 +44,9 @@ from lightning_juicer.evaluation.datasets import (
 )
 from lightning_juicer.evaluation.retrieval import evaluate_retrieval
 from lightning_juicer.evaluation.zeroshot import EvalResult, evaluate_zeroshot, resolve_templates
-from lightning_juicer.governor.selection import STRATEGIES
+from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
+from lightning_juicer.governor.selection import ALL_STRATEGIES, SCORE_STRATEGIES
 
 RESULTS_FILE = "results.json"
 
@@ -91,7 +93,8 @@ class _Evaluation(L.Callback):
     task = ""
 
     def __init__(self, name: str, title: str | None, every_n_steps: int, at_fit_end: bool, batch_size: int,
-                 num_workers: int, keep_ratio: float, selection: str, seed: int) -> None:
+                 num_workers: int, keep_ratio: float, selection: str, seed: int,
+                 governor: GovernorConfig | None = None) -> None:
         super().__init__()
         if every_n_steps < 0:
             raise ConfigError(f"{self._key('every_n_steps')}: {every_n_steps} must be >= 0 (0 = off)")
@@ -99,8 +102,8 @@ class _Evaluation(L.Callback):
             raise ConfigError(f"{self._key('batch_size')}: {batch_size} must be >= 1")
         if not 0.0 < keep_ratio <= 1.0:
             raise ConfigError(f"{self._key('keep_ratio')}: {keep_ratio} is outside (0, 1]")
-        if selection not in STRATEGIES:
-            raise ConfigError(f"{self._key('selection')}: {selection!r} is not one of {STRATEGIES}")
+        if selection not in ALL_STRATEGIES:
+            raise ConfigError(f"{self._key('selection')}: {selection!r} is not one of {ALL_STRATEGIES}")
         self.name = name
         self.title = title or name
         self.every_n_steps = every_n_steps
@@ -110,6 +113,8 @@ class _Evaluation(L.Callback):
         self.keep_ratio = keep_ratio
         self.selection = selection
         self.seed = seed
+        self.governor = governor
+        self.selector: OnlineSelector | None = None
         self.dataset: Dataset | None = None
         self.last_result: EvalResult | None = None
         self._last_step: int | None = None
@@ -156,15 +161,37 @@ class _Evaluation(L.Callback):
             return
         self.spec = pl_module.data_spec()
         self.dataset = self.build_dataset(trainer, self.spec.image_transform())
+        if self.selection in SCORE_STRATEGIES and self.keep_ratio < 1.0 and self.selector is None:
+            self.selector = self._score_selector(trainer)
+
+    def _score_selector(self, trainer: L.Trainer) -> OnlineSelector:
+        """Governor scoring for topk/stratified eval: ``governor``, else the DataModule's (sharing its loaded model)."""
+        datamodule = trainer.datamodule
+        governor = self.governor or getattr(datamodule, "governor", None) or GovernorConfig()
+        online = getattr(datamodule, "online_selector", None)
+        if online is not None and getattr(datamodule, "governor", None) == governor:
+            scorer = online.scorer
+        else:
+            scorer = load_governor(governor.name, governor.pretrained)
+        self.governor = governor
+        spec = self.spec
+        return OnlineSelector(scorer, self.selection, self.keep_ratio, spec.grid, spec.mean, spec.std)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> EvalResult:
         """Evaluate now on every rank (model in eval mode, no grad, modes restored); the same result on all ranks."""
         start = time.perf_counter()
         loader = eval_loader(self.dataset, self.spec.image_size, self.batch_size, self.num_workers,
                              trainer.global_rank, trainer.world_size)
-        keep = SampleKeep(self.selection, self.spec.num_patches, self.keep_ratio, self.seed)
+        if self.selector is not None:
+            keep = ScoreKeep(self.selector, self.spec.num_patches, self.seed)
+        else:
+            keep = SampleKeep(self.selection, self.spec.num_patches, self.keep_ratio, self.seed)
         with eval_mode(pl_module):
             result = self.evaluate(pl_module, loader, keep, trainer)
+        if self.selector is not None:
+            fallbacks = trainer.strategy.reduce(torch.tensor(float(keep.fallbacks), device=pl_module.device),
+                                                reduce_op="sum")
+            result.extra.update(governor=self.governor.name, random_fallbacks=int(fallbacks))
         result = trainer.strategy.broadcast(result, src=0)
         result.extra["seconds"] = round(time.perf_counter() - start, 3)
         self.last_result, self._last_step, self._ran = result, trainer.global_step, True
@@ -273,9 +300,12 @@ class ZeroShotEvaluation(_Evaluation):
         at_fit_end: evaluate the final weights when fit ends.
         batch_size: images per forward on each rank.
         num_workers: DataLoader workers per rank.
-        keep_ratio: fraction of patches the image tower sees (1.0 = full images).
-        selection: patch selection below keep ratio 1 (``random``; seeded per image).
-        seed: seed of the per-image patch selection.
+        keep_ratio: fraction of patches the image tower sees (1.0 = full images; the paper's Table 4 below).
+        selection: patch selection below keep ratio 1: ``topk`` / ``stratified`` (the governor's scores, on the
+            fly), ``random`` (seeded per image) or ``full``.
+        seed: seed of the per-image patch selection (random, stratified).
+        governor: the frozen governor scoring patches for ``topk`` / ``stratified``; None = the DataModule's
+            (sharing its loaded model when it scores on the fly), else ``juicer-synthetic``.
     """
 
     task = "zeroshot"
@@ -283,9 +313,9 @@ class ZeroShotEvaluation(_Evaluation):
     def __init__(self, name: str = "zeroshot", root: str | None = None, classnames: str | None = None,
                  templates: str | list[str] = "openai", title: str | None = None, every_n_steps: int = 0,
                  at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2, keep_ratio: float = 1.0,
-                 selection: str = "random", seed: int = 0) -> None:
+                 selection: str = "random", seed: int = 0, governor: GovernorConfig | None = None) -> None:
         super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
-                         seed)
+                         seed, governor)
         self.root = root
         self.classnames = classnames
         self.templates = resolve_templates(templates, self._key("templates"))
@@ -335,7 +365,8 @@ class RetrievalEvaluation(_Evaluation):
         split: Karpathy split to evaluate (``test``: COCO 5k, Flickr30k 1k).
         captions_per_image: captions kept per image (5 in the standard protocol; None = all).
         title: name in the console table (``COCO``); defaults to ``name``.
-        every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection, seed: as ZeroShotEvaluation.
+        every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection, seed, governor: as
+            ZeroShotEvaluation.
         chunk_size: image/caption rows per similarity block.
     """
 
@@ -344,9 +375,10 @@ class RetrievalEvaluation(_Evaluation):
     def __init__(self, name: str = "retrieval", root: str | None = None, annotations: str | None = None,
                  split: str = "test", captions_per_image: int | None = 5, title: str | None = None,
                  every_n_steps: int = 0, at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2,
-                 keep_ratio: float = 1.0, selection: str = "random", seed: int = 0, chunk_size: int = 1024) -> None:
+                 keep_ratio: float = 1.0, selection: str = "random", seed: int = 0, chunk_size: int = 1024,
+                 governor: GovernorConfig | None = None) -> None:
         super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
-                         seed)
+                         seed, governor)
         if captions_per_image is not None and captions_per_image < 1:
             raise ConfigError(f"{self._key('captions_per_image')}: {captions_per_image} must be >= 1 (or null)")
         self.root = root

@@ -108,6 +108,7 @@ class JuicerDataModule(L.LightningDataModule):
         self.scores = scores
         self.governor = governor or GovernorConfig()
         self.online_selector: OnlineSelector | None = None
+        self.full_patches_from_step: int | None = None  # set by callbacks.FullPatchPhase
         self.sidecar_dir = sidecar_dir
         self.missing_sidecar = missing_sidecar
         self.eval_keep_ratio = eval_keep_ratio
@@ -230,16 +231,28 @@ class JuicerDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Take the workers' drop counts out of the batch and, on the fly, select patches on the device."""
+        """Take the workers' drop counts out of the batch and, on the fly, select patches on the device.
+
+        From ``full_patches_from_step`` on (the full-patch tuning phase) training batches keep all
+        patches, whatever the selection mode.
+        """
         if not isinstance(batch, dict):
             return batch
         merge_drops(self.drops, batch)
         training = self.trainer is None or self.trainer.training
-        if self.online_selector is not None and training:
+        if training and self.in_full_patch_phase:
+            batch["keep"] = None
+        elif self.online_selector is not None and training:
             batch["keep"], fallbacks = self.online_selector(batch["image"])
             if fallbacks:
                 self.drops["nonfinite_scores"] += fallbacks
         return batch
+
+    @property
+    def in_full_patch_phase(self) -> bool:
+        """True once the trainer reached ``full_patches_from_step`` (derived from global_step, so resume-safe)."""
+        start = self.full_patches_from_step
+        return start is not None and self.trainer is not None and self.trainer.global_step >= start
 
     def state_dict(self) -> dict[str, Any]:
         """Drop totals survive checkpoint/resume."""

@@ -14,7 +14,7 @@ from typing import Callable, ContextManager, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from lightning_juicer.governor.selection import select_patches
+from lightning_juicer.governor.selection import select_from_scores, select_patches
 
 AllGather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,20 +60,49 @@ def eval_loader(
     )
 
 
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """CPU generator of one eval sample, so its patches do not depend on sharding or batch size."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
 class SampleKeep:
-    """Kept patches for an eval batch at ``keep_ratio``, seeded per sample index (independent of sharding)."""
+    """Kept patches for an eval batch at ``keep_ratio`` (``full`` / ``random``), seeded per sample index."""
 
     def __init__(self, selection: str, num_patches: int, keep_ratio: float, seed: int = 0) -> None:
         self.selection, self.num_patches, self.keep_ratio, self.seed = selection, num_patches, keep_ratio, seed
+        self.fallbacks = 0
 
-    def __call__(self, index: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, index: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor | None:
         if self.selection == "full" or self.keep_ratio >= 1.0:
             return None
-        rows = []
-        for i in index.tolist():
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-            rows.append(select_patches(self.selection, 1, self.num_patches, self.keep_ratio, generator))
+        rows = [select_patches(self.selection, 1, self.num_patches, self.keep_ratio, sample_generator(self.seed, i))
+                for i in index.tolist()]
         return torch.cat(rows)
+
+
+class ScoreKeep(SampleKeep):
+    """Kept patches for an eval batch from a governor's scores (``topk``, or ``stratified`` seeded per sample).
+
+    ``selector`` is an ``OnlineSelector`` (governor.online); the images are the normalised eval images
+    on the device. Samples whose scores are not finite fall back to random patches, counted in ``fallbacks``.
+    """
+
+    def __init__(self, selector, num_patches: int, seed: int = 0) -> None:
+        super().__init__(selector.strategy, num_patches, selector.keep_ratio, seed)
+        self.selector = selector
+
+    def __call__(self, index: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor | None:
+        if self.keep_ratio >= 1.0:
+            return None
+        scores = self.selector.scores(image)
+        if self.selection == "topk":
+            keep, bad = select_from_scores("topk", scores, self.keep_ratio)
+        else:
+            picks = [select_from_scores(self.selection, row[None], self.keep_ratio, sample_generator(self.seed, i))
+                     for i, row in zip(index.tolist(), scores)]
+            keep, bad = torch.cat([k for k, _ in picks]), sum(b for _, b in picks)
+        self.fallbacks += bad
+        return keep
 
 
 @contextlib.contextmanager
@@ -143,8 +172,8 @@ def encode_images(
     out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     dtype = next(model.parameters()).dtype
     for batch in loader:
-        kept = keep(batch["index"]) if keep is not None else None
         image = batch["image"].to(device, dtype if dtype.is_floating_point else None, non_blocking=True)
+        kept = keep(batch["index"], image) if keep is not None else None
         with forward_context():
             features = model.encode_image(image, None if kept is None else kept.to(device))
         out["image_features"].append(features.float())

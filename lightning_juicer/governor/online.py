@@ -37,12 +37,15 @@ class OnlineSelector:
         self.mean, self.std = tuple(mean), tuple(std)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor | None, int]:
-        """Kept indices [B, k] (sorted, grid order) and the number of samples that fell back to random."""
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """The governor's patch scores [B, m] of normalised student images, on the student grid (float32)."""
         if next(self.scorer.parameters()).device != images.device:
             self.scorer.to(images.device)
         on_gpu = images.device.type == "cuda"
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=on_gpu):
             output = self.scorer(self.scorer.prepare(images.float(), self.mean, self.std))
-        scores = resample_scores(output.scores.float(), output.grid, self.student_grid)
-        return select_from_scores(self.strategy, scores, self.keep_ratio)
+        return resample_scores(output.scores.float(), output.grid, self.student_grid)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+        """Kept indices [B, k] (sorted, grid order) and the number of samples that fell back to random."""
+        return select_from_scores(self.strategy, self.scores(images), self.keep_ratio)

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from lightning_juicer.data.spec import DataSpec
+from lightning_juicer.errors import ConfigError
 from lightning_juicer.models.factory import create_clip_model
+from lightning_juicer.models.guards import NONFINITE_POLICIES, guard_loss
 from lightning_juicer.models.optim import param_groups, warmup_cosine
 from lightning_juicer.models.tower import check_variable_token_tower, encode_kept
 
@@ -35,6 +37,8 @@ class JuicerCLIP(L.LightningModule):
         gather_with_grad: back-propagate through the feature all-gather (open_clip's --gather-with-grad).
         max_logit_scale: the learned temperature's exp is clamped to this after every step.
         grad_checkpointing: activation checkpointing in both towers.
+        nonfinite_loss: a NaN/inf training loss stops the run naming the step and the batch keys (``raise``),
+            or the batch is skipped and its samples counted as ``nonfinite_loss`` drops (``skip``).
     """
 
     def __init__(
@@ -52,8 +56,11 @@ class JuicerCLIP(L.LightningModule):
         gather_with_grad: bool = True,
         max_logit_scale: float = 100.0,
         grad_checkpointing: bool = False,
+        nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in NONFINITE_POLICIES:
+            raise ConfigError(f"model.init_args.nonfinite_loss: {nonfinite_loss!r} is not one of {NONFINITE_POLICIES}")
         self.save_hyperparameters()
         self.model = create_clip_model(model_name, model_config, pretrained)
         check_variable_token_tower(self.model.visual)
@@ -102,10 +109,13 @@ class JuicerCLIP(L.LightningModule):
             world_size=self.trainer.world_size if self.trainer else 1,
         )
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """ITC loss on the kept patches."""
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        """ITC loss on the kept patches (None skips a non-finite batch under ``nonfinite_loss: skip``)."""
         image_features, text_features, logit_scale = self(batch)
-        loss = self.train_loss(image_features, text_features, logit_scale)
+        loss = guard_loss(self, self.train_loss(image_features, text_features, logit_scale), batch,
+                          self.hparams.nonfinite_loss)
+        if loss is None:
+            return None
         batch_size = batch["text"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", logit_scale, batch_size=batch_size)
