@@ -20,6 +20,7 @@ DROP_REASONS = (
     "no_caption",
     "bad_caption_encoding",
     "no_sidecar_entry",
+    "not_in_keep_list",
 )
 # Samples that are kept but whose patches were chosen at random instead of by the governor.
 FALLBACK_REASONS = ("nonfinite_scores", "random_for_missing_sidecar")
