@@ -54,9 +54,11 @@ def _members(clusters: Clusters) -> list[np.ndarray]:
     return [order[bounds[c] : bounds[c + 1]] for c in range(k)]
 
 
-def cluster_sieve(x: np.ndarray, n_keep: int, clusters: int, seed: int, niter: int = 20, gpu: bool = False) -> Kept:
+def cluster_sieve(
+    x: np.ndarray, n_keep: int, clusters: int, seed: int, niter: int = 20, gpu: bool = False, nredo: int = 1
+) -> Kept:
     """Cluster: spherical k-means, equal quota per cluster (unused quota redistributed), random within a cluster."""
-    result = spherical_kmeans(x, clusters, seed=seed, niter=niter, gpu=gpu)
+    result = spherical_kmeans(x, clusters, seed=seed, niter=niter, gpu=gpu, nredo=nredo)
     members = _members(result)
     sizes = np.array([len(m) for m in members])
     quota = balanced_quotas(sizes, n_keep)

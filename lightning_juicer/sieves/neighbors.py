@@ -30,12 +30,14 @@ class Clusters(NamedTuple):
     similarity: np.ndarray
 
 
-def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 20, gpu: bool = False) -> Clusters:
-    """faiss spherical k-means of unit rows x [n, d] into min(k, n) clusters; each row's nearest centroid."""
+def spherical_kmeans(
+    x: np.ndarray, k: int, seed: int = 0, niter: int = 20, gpu: bool = False, nredo: int = 1
+) -> Clusters:
+    """faiss spherical k-means of unit rows x [n, d] into min(k, n) clusters (best of ``nredo`` inits)."""
     _check_gpu(gpu)
     x = normalise(x)
     k = max(1, min(int(k), len(x)))
-    kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=gpu, verbose=False,
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, spherical=True, gpu=gpu, verbose=False,
                           min_points_per_centroid=1, max_points_per_centroid=1 << 30)
     kmeans.train(x)
     centroids = normalise(kmeans.centroids)

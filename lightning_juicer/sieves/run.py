@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 SIEVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "random": (("seed",), ()),
     "clip_score": ((), ("image", "text")),
-    "cluster": (("embedding", "clusters", "niter", "seed"), ("@embedding",)),
+    "cluster": (("embedding", "clusters", "niter", "nredo", "seed"), ("@embedding",)),
     "semdedup": (("embedding", "clusters", "niter", "seed", "eps", "block_elems"), ("@embedding",)),
     "d4": (("embedding", "clusters", "recluster", "niter", "seed", "dedup_fraction", "block_elems"), ("@embedding",)),
     "neg_clip_loss": (("batch_size", "repeats", "temperature", "seed"), ("image", "text")),
@@ -47,6 +47,7 @@ class SieveConfig:
     clusters: int = 100
     recluster: int | None = None
     niter: int = 20
+    nredo: int = 1
     eps: float | None = None
     dedup_fraction: float = 0.75
     block_elems: int = 1 << 24
@@ -80,7 +81,7 @@ def to_config(cfg: SieveConfig | DictConfig | Mapping[str, Any]) -> SieveConfig:
         raise ConfigError(f"p: {out.p!r} is not one of ('2', 'inf')")
     if out.sieve == "norm_sim" and not out.target:
         raise ConfigError("target: norm_sim needs the embeddings files of a target set (run the embeddings pass on it)")
-    for name in ("clusters", "niter", "batch_size", "repeats", "knn", "block_elems"):
+    for name in ("clusters", "niter", "nredo", "batch_size", "repeats", "knn", "block_elems"):
         if getattr(out, name) < 1:
             raise ConfigError(f"{name}: {getattr(out, name)} must be >= 1")
     return out
@@ -112,7 +113,7 @@ def select(cfg: SieveConfig, emb: EmbeddingSet, rows: np.ndarray, n_keep: int) -
     if name == "clip_score":
         return Kept(top(clip_score(arrays["image"], arrays["text"]), n_keep), {})
     if name == "cluster":
-        return cluster_sieve(x, n_keep, cfg.clusters, cfg.seed, cfg.niter, cfg.gpu)
+        return cluster_sieve(x, n_keep, cfg.clusters, cfg.seed, cfg.niter, cfg.gpu, cfg.nredo)
     if name == "semdedup":
         return semdedup(x, n_keep, cfg.clusters, cfg.seed, cfg.eps, cfg.niter, cfg.gpu, cfg.block_elems)
     if name == "d4":
