@@ -274,3 +274,29 @@ def test_a_keep_list_for_other_shards_or_keys_is_refused(tiny_synthetic, tmp_pat
     with pytest.raises(ConfigError, match="not a keep list"):
         dm.setup("fit")
     assert pq  # embeddings are Parquet; the keep list is JSON
+
+
+# --- Cluster* ----------------------------------------------------------------------------------------------------
+
+
+def test_cluster_star_keeps_patches_evenly_across_the_governors_patch_clusters():
+    from lightning_juicer.governor.online import OnlineSelector
+    from lightning_juicer.governor.selection import patch_kmeans, select_cluster
+
+    labels = torch.tensor([[0] * 48 + [1] * 16, [0] * 8 + [1] * 8 + [2] * 48])
+    keep = select_cluster(labels, 16, torch.Generator().manual_seed(0))
+    assert [torch.bincount(labels[i][keep[i]], minlength=3).tolist() for i in range(2)] in (
+        [[8, 8, 0], [6, 5, 5]], [[8, 8, 0], [5, 6, 5]], [[8, 8, 0], [5, 5, 6]])
+    assert torch.equal(keep, keep.sort(dim=1).values) and all(len(set(r.tolist())) == 16 for r in keep)
+    features = torch.zeros(1, 64, 4)
+    features[0, :40, 0], features[0, 40:, 1] = 1.0, 1.0
+    found = patch_kmeans(features + 0.01 * torch.randn(1, 64, 4), 2, generator=torch.Generator().manual_seed(1))
+    assert len(set(found[0, :40].tolist())) == 1 and set(found[0, 40:].tolist()) == {1 - found[0, 0].item()}
+
+    from lightning_juicer.governor.loading import load_governor
+
+    selector = OnlineSelector(load_governor("juicer-synthetic"), "cluster", 0.5, (8, 8), SPEC.mean, SPEC.std, 4)
+    keep, fallbacks = selector(torch.randn(3, 3, 64, 64))
+    assert keep.shape == (3, 32) and fallbacks == 0 and torch.equal(keep, keep.sort(dim=1).values)
+    with pytest.raises(ConfigError, match="data.init_args.scores"):
+        JuicerDataModule(selection="cluster", scores="sidecar", data_spec=SPEC)
