@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
@@ -35,9 +36,9 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Merge the YAML config with dotlist overrides, run the pass and print its summary."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_cli(doc: str, run: Callable[[Any], dict | None], describe: Callable[[dict], str], argv: list[str] | None) -> int:
+    """``--config`` YAML files merged with key=value overrides, passed to ``run``; one-line errors exit 2."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", default=[], help="YAML config (repeatable; later wins)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (omegaconf dotlist)")
     args = parser.parse_args(argv)
@@ -47,15 +48,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = OmegaConf.merge(*(OmegaConf.load(p) for p in args.config), OmegaConf.from_dotlist(args.overrides))
-        manifest = run_vision_pass(cfg)
+        result = run(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if manifest is None:
+    if result is None:
         return 0
-    print(summary(manifest))
-    print(f"manifest: {manifest['manifest']}")
-    return 1 if manifest["totals"]["shards_failed"] else 0
+    print(describe(result))
+    if "totals" in result:
+        print(f"manifest: {result['manifest']}")
+        return 1 if result["totals"]["shards_failed"] else 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Merge the YAML config with dotlist overrides, run the pass and print its summary."""
+    return run_cli(__doc__, run_vision_pass, summary, argv)
 
 
 if __name__ == "__main__":

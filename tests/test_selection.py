@@ -33,7 +33,7 @@ def test_keep_count_rounds_and_keeps_at_least_one():
 
 def test_data_only_api_is_unchanged():
     assert STRATEGIES == ("full", "random")
-    assert set(ALL_STRATEGIES) == {"topk", "stratified", "random", "full"}
+    assert set(ALL_STRATEGIES) == {"topk", "stratified", "cluster", "random", "full"}
     assert select_patches("full", 2, 16, 0.5) is None
     assert select_patches("random", 2, 16, 1.0) is None
     keep = select_patches("random", 4, 16, 0.5, generator=_gen())

@@ -19,7 +19,8 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.sidecar import check_sidecar, sidecar_path
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
-from lightning_juicer.governor.selection import ALL_STRATEGIES, SCORE_STRATEGIES
+from lightning_juicer.governor.selection import ALL_STRATEGIES, FEATURE_STRATEGIES, GOVERNOR_STRATEGIES, SCORE_STRATEGIES
+from lightning_juicer.sieves.keeplist import KeepFilter, check_keep_list, read_keep_list
 
 SCORE_SOURCES = ("on_the_fly", "sidecar")
 MISSING_SIDECAR_POLICIES = ("random", "skip")
@@ -52,6 +53,8 @@ class JuicerDataModule(L.LightningDataModule):
         missing_sidecar: a sample with no sidecar entry gets ``random`` patches or is skipped
             (``skip``); counted either way. (``full`` is impossible: a batch has one k.)
         eval_keep_ratio: keep ratio used for validation/test batches (1.0 = full images).
+        keep_list: a sieve's keep list (``preprocess/sieve.py``): training samples not on it are skipped and
+            counted (``not_in_keep_list``); the epoch is the kept count unless ``train_num_samples`` is set.
         seed: base seed for shard order and shuffling.
     """
 
@@ -75,6 +78,7 @@ class JuicerDataModule(L.LightningDataModule):
         eval_keep_ratio: float = 1.0,
         seed: int = 0,
         data_spec: DataSpec | None = None,
+        keep_list: str | None = None,
     ) -> None:
         super().__init__()
         for name, ratio in (("keep_ratio", keep_ratio), ("eval_keep_ratio", eval_keep_ratio)):
@@ -84,6 +88,11 @@ class JuicerDataModule(L.LightningDataModule):
             raise ConfigError(f"data.init_args.selection: {selection!r} is not one of {ALL_STRATEGIES}")
         if scores not in SCORE_SOURCES:
             raise ConfigError(f"data.init_args.scores: {scores!r} is not one of {SCORE_SOURCES}")
+        if selection in FEATURE_STRATEGIES and scores == "sidecar":
+            raise ConfigError(
+                f"data.init_args.scores: selection {selection!r} clusters the governor's patch features, which "
+                "sidecars do not store; set data.init_args.scores on_the_fly"
+            )
         if missing_sidecar not in MISSING_SIDECAR_POLICIES:
             raise ConfigError(
                 f"data.init_args.missing_sidecar: {missing_sidecar!r} is not one of {MISSING_SIDECAR_POLICIES} "
@@ -115,6 +124,8 @@ class JuicerDataModule(L.LightningDataModule):
         self.seed = seed
         self.data_spec = data_spec
         self.drops: Counter[str] = Counter()
+        self.keep_list = keep_list
+        self._keep: KeepFilter | None = None
 
     @property
     def uses_synthetic(self) -> bool:
@@ -133,6 +144,13 @@ class JuicerDataModule(L.LightningDataModule):
             self.train_urls = expand_shards(paths.train_shards, "data.init_args.synthetic.root")
             if self.val_urls is None:
                 self.val_urls = expand_shards(paths.val_shards, "data.init_args.synthetic.root")
+        if self.keep_list and self._keep is None:
+            keep = read_keep_list(self.keep_list)
+            kept = check_keep_list(keep, self.train_urls)
+            self._keep = KeepFilter(keep)
+            log.info("keep list %s (%s): %d training samples kept", self.keep_list, keep.info.get("sieve"), kept)
+            if self.train_num_samples is None:
+                self.train_num_samples = kept
         if self.train_num_samples is None:
             self.train_num_samples = count_samples(self.train_urls)
             if self.train_num_samples is None:
@@ -150,7 +168,7 @@ class JuicerDataModule(L.LightningDataModule):
             spec = self.data_spec
             scorer = load_governor(self.governor.name, self.governor.pretrained)
             self.online_selector = OnlineSelector(
-                scorer, self.selection, self.keep_ratio, spec.grid, spec.mean, spec.std
+                scorer, self.selection, self.keep_ratio, spec.grid, spec.mean, spec.std, self.governor.num_clusters
             )
             log.info("on-the-fly %s selection at r=%s with governor %s", self.selection, self.keep_ratio, self.governor.name)
 
@@ -179,7 +197,7 @@ class JuicerDataModule(L.LightningDataModule):
     @property
     def selects_on_the_fly(self) -> bool:
         """True when the governor scores training batches on the device after transfer."""
-        return self.selection in SCORE_STRATEGIES and self.scores == "on_the_fly" and self.keep_ratio < 1.0
+        return self.selection in GOVERNOR_STRATEGIES and self.scores == "on_the_fly" and self.keep_ratio < 1.0
 
     def _loader(self, urls: list[str], num_samples: int, selection: str, keep_ratio: float, key: str, train: bool):
         from_sidecars = train and self.selects_from_sidecars
@@ -197,6 +215,7 @@ class JuicerDataModule(L.LightningDataModule):
             decode=SampleDecoder(spec.image_transform(), drops, self.missing_sidecar if from_sidecars else None),
             collate=BatchCollator(spec.tokenizer, selection, keep_ratio, spec.grid, drops),
             join=SidecarJoin(self.sidecar_dir) if from_sidecars else None,
+            keep=self._keep.counting(drops) if train and self._keep is not None else None,
             drops=drops,
             batch_size=self.batch_size,
             num_batches=batches_per_epoch(num_samples, self.batch_size, world_size, num_workers),

@@ -21,6 +21,7 @@ DROP_REASONS = (
     "bad_caption_encoding",
     "no_sidecar_entry",
     "nonfinite_loss",  # a training batch skipped by models.guards (nonfinite_loss: skip)
+    "not_in_keep_list",
 )
 # Samples that are kept but whose patches were chosen at random instead of by the governor.
 FALLBACK_REASONS = ("nonfinite_scores", "random_for_missing_sidecar")

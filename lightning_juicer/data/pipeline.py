@@ -98,6 +98,7 @@ def build_loader(
     shuffle_buffer: int,
     key: str,
     join: Callable[[dict], dict] | None = None,
+    keep: Callable[[dict], dict | None] | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader over shards yielding exactly ``num_batches`` contract batches on this rank."""
@@ -106,6 +107,8 @@ def build_loader(
         urls, sampling=sampling, rank=rank, world_size=world_size, num_workers=num_workers, seed=seed, key=key
     )
     stages += [wds.tarfile_to_samples(handler=drops.handler)]
+    if keep is not None:
+        stages += [wds.map(keep)]
     if join is not None:
         stages += [wds.map(join)]
     if shuffle_buffer > 0:

@@ -43,11 +43,13 @@ KEY = "governor.name"
 
 
 class ScoreOutput(NamedTuple):
-    """Patch scores [B, m] (float32, row-major grid order), CLS embedding [B, D] and the grid (rows, cols)."""
+    """Patch scores [B, m] (float32, row-major grid order), CLS embedding [B, D], the grid (rows, cols), and the
+    last layer's patch tokens [B, m, W] (after the final norm; Cluster* clusters them)."""
 
     scores: torch.Tensor
     cls: torch.Tensor
     grid: tuple[int, int]
+    patches: torch.Tensor | None = None
 
 
 class QKProjection(NamedTuple):
@@ -217,9 +219,9 @@ class PatchScorer(nn.Module):
             x = block(x, rope=block_rope) if is_eva else block(x)
         last = model.blocks[-1]
         scores = cls_patch_scores(qk_projection(last.attn), last.norm1(x), self.num_prefix_tokens, ropes[-1])
-        x = last(x, rope=ropes[-1]) if is_eva else last(x)
-        cls = model.forward_head(model.norm(x), pre_logits=True)
-        return ScoreOutput(scores, cls, (int(grid[0]), int(grid[1])))
+        x = model.norm(last(x, rope=ropes[-1]) if is_eva else last(x))
+        cls = model.forward_head(x, pre_logits=True)
+        return ScoreOutput(scores, cls, (int(grid[0]), int(grid[1])), x[:, self.num_prefix_tokens :])
 
     def _forward_open_clip(self, images: torch.Tensor) -> ScoreOutput:
         visual = self.model
@@ -237,10 +239,10 @@ class PatchScorer(nn.Module):
         x = last(x)
         if not batch_first:
             x = x.transpose(0, 1)
-        cls, _ = visual._pool(x)
+        cls, tokens = visual._pool(x)
         if visual.proj is not None:
             cls = cls @ visual.proj
-        return ScoreOutput(scores, cls, grid)
+        return ScoreOutput(scores, cls, grid, tokens)
 
 
 def _stats(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:

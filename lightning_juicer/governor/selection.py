@@ -9,6 +9,10 @@ paper's token-level Random*). Score strategies (``SCORE_STRATEGIES``) use the go
 scores: ``topk`` (the paper's default) keeps the k highest-scoring patches, ``stratified`` sorts
 the patches by score, cuts the ranking into k strata of (nearly) equal size and draws one patch
 uniformly from each, so the kept set spans the whole score distribution while still following it.
+
+Feature strategies (``FEATURE_STRATEGIES``) use the governor's patch tokens: ``cluster`` (the paper's
+token-level Cluster*) runs a small spherical k-means over each image's patches and keeps patches
+evenly across the clusters (round-robin, random within a cluster), on the accelerator, per batch.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import torch.nn.functional as F
 
 STRATEGIES = ("full", "random")
 SCORE_STRATEGIES = ("topk", "stratified")
-ALL_STRATEGIES = SCORE_STRATEGIES + STRATEGIES
+FEATURE_STRATEGIES = ("cluster",)
+GOVERNOR_STRATEGIES = SCORE_STRATEGIES + FEATURE_STRATEGIES
+ALL_STRATEGIES = GOVERNOR_STRATEGIES + STRATEGIES
 
 
 def keep_count(num_patches: int, keep_ratio: float) -> int:
@@ -104,6 +110,44 @@ def select_from_scores(
     if num_bad:
         keep[bad] = select_random(num_bad, num_patches, k, generator, keep.device).to(keep.device)
     return keep, num_bad
+
+
+def patch_kmeans(features: torch.Tensor, num_clusters: int, iters: int = 10, generator=None) -> torch.Tensor:
+    """Cluster labels [B, m] of each image's patch features [B, m, D]: batched spherical k-means.
+
+    Centroids start at distinct random patches of the image; a cluster that empties keeps its centroid.
+    """
+    batch, m, _ = features.shape
+    c = max(1, min(num_clusters, m))
+    x = F.normalize(features.float(), dim=-1)
+    noise = torch.rand(batch, m, generator=generator, device=_device(generator, x.device)).to(x.device)
+    first = noise.topk(c, dim=1).indices
+    centroids = x.gather(1, first[..., None].expand(-1, -1, x.shape[-1]))
+    for _ in range(iters):
+        labels = (x @ centroids.transpose(1, 2)).argmax(dim=2)
+        onehot = F.one_hot(labels, c).to(x.dtype)
+        sums = onehot.transpose(1, 2) @ x
+        filled = onehot.sum(1)[..., None] > 0
+        centroids = torch.where(filled, F.normalize(sums, dim=-1), centroids)
+    return (x @ centroids.transpose(1, 2)).argmax(dim=2)
+
+
+def select_cluster(labels: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k patches [B, k] spread evenly over each image's clusters: the i-th pick of every cluster before any (i+1)-th.
+
+    Within a cluster the order is random, as is the order among clusters at the same round.
+    """
+    batch, m = labels.shape
+    noise = torch.rand(batch, m, generator=generator, device=_device(generator, labels.device)).to(labels.device)
+    order = (labels.double() + noise.double()).argsort(dim=1)
+    sorted_labels = labels.gather(1, order)
+    position = torch.arange(m, device=labels.device).expand(batch, m).contiguous()
+    new_group = torch.ones_like(sorted_labels, dtype=torch.bool)
+    new_group[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
+    starts = torch.where(new_group, position, 0).cummax(dim=1).values
+    rank = torch.empty_like(position).scatter_(1, order, position - starts)
+    second = torch.rand(batch, m, generator=generator, device=_device(generator, labels.device)).to(labels.device)
+    return (rank.double() + second.double()).topk(k, dim=1, largest=False).indices.sort(dim=1).values
 
 
 def resample_scores(scores: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:

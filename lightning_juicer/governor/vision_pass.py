@@ -59,7 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision.transforms import v2 as T
 
-from lightning_juicer.data.samples import IMAGE_EXTS, load_rgb
+from lightning_juicer.data.samples import CAPTION_EXTS, IMAGE_EXTS, load_rgb
 from lightning_juicer.data.shards import count_samples, expand_shards
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.evidence import ClassHead
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 
 HEAD_KINDS = ("auto", "model", "file", "zero_shot", "none")
 MISMATCH_POLICIES = ("error", "overwrite")
-SKIP_REASONS = ("no_image", "corrupt_image", "duplicate_key")
+SKIP_REASONS = ("no_image", "corrupt_image", "duplicate_key", "no_caption")
 USE_TIME_SETTINGS = ("threshold", "max_classes")
 MANIFEST_NAME = "vision_pass.manifest.json"
 _LOG_FIRST = 10
@@ -284,8 +284,13 @@ def existing_sidecar(job: ShardJob, governor: Governor, on_mismatch: str) -> Sid
 
 def governor_transform(scorer: PatchScorer) -> Callable:
     """PIL image -> uint8 [3, H, W]: resize shortest side + centre crop to the governor's image size."""
-    height, width = scorer.image_size
-    interpolation = _INTERPOLATIONS.get(scorer.interpolation, T.InterpolationMode.BICUBIC)
+    return crop_transform(scorer.image_size, scorer.interpolation)
+
+
+def crop_transform(image_size: tuple[int, int], interpolation_name: str) -> Callable:
+    """PIL image -> uint8 [3, H, W]: resize shortest side + centre crop to ``image_size``."""
+    height, width = image_size
+    interpolation = _INTERPOLATIONS.get(interpolation_name, T.InterpolationMode.BICUBIC)
     return T.Compose(
         [T.Resize(max(height, width), interpolation=interpolation, antialias=True), T.CenterCrop((height, width)),
          T.PILToTensor()]
@@ -302,8 +307,23 @@ def _skip(counts: Counter[str], reason: str, key: str, url: str, detail: str = "
         log.warning("vision pass: skipped %s in %s (%s)%s", key, url, reason, f": {detail}" if detail else "")
 
 
-def shard_batches(job: ShardJob, transform: Callable, batch_size: int, image_size: tuple[int, int]) -> Iterator[dict]:
-    """One shard as batches ``{shard, key, image uint8, last, counts, error}``; the last one carries the counts."""
+def _caption(sample: dict) -> str | None:
+    raw = next((sample[ext] for ext in CAPTION_EXTS if ext in sample), None)
+    try:
+        text = raw.decode("utf-8").strip() if raw is not None else ""
+    except UnicodeDecodeError:
+        return None
+    return text or None
+
+
+def shard_batches(
+    job: ShardJob, transform: Callable, batch_size: int, image_size: tuple[int, int], captions: bool = False
+) -> Iterator[dict]:
+    """One shard as batches ``{shard, key, image uint8, last, counts, error}``; the last one carries the counts.
+
+    With ``captions`` the batches also carry ``caption`` (str list) and a sample without a readable
+    caption is a counted ``no_caption`` skip.
+    """
     errors: list[str] = []
 
     def on_error(exn: Exception) -> bool:
@@ -315,6 +335,7 @@ def shard_batches(job: ShardJob, transform: Callable, batch_size: int, image_siz
     seen: set[str] = set()
     keys: list[str] = []
     images: list[torch.Tensor] = []
+    texts: list[str] = []
     held: dict | None = None
     total = 0
     for sample in wds.tarfile_samples(iter([{"url": job.url}]), handler=on_error):
@@ -327,6 +348,10 @@ def shard_batches(job: ShardJob, transform: Callable, batch_size: int, image_siz
         if data is None:
             _skip(counts, "no_image", key, job.url)
             continue
+        text = _caption(sample) if captions else None
+        if captions and text is None:
+            _skip(counts, "no_caption", key, job.url)
+            continue
         try:
             image = transform(load_rgb(data))
         except Exception as exn:  # PIL raises many types for broken files
@@ -335,37 +360,51 @@ def shard_batches(job: ShardJob, transform: Callable, batch_size: int, image_siz
         seen.add(key)
         keys.append(key)
         images.append(image)
+        texts.append(text)
         if len(keys) == batch_size:
             if held is not None:
                 yield held
-            held, keys, images = _batch(job, keys, images, image_size), [], []
+            held, keys, images, texts = _batch(job, keys, images, image_size, texts if captions else None), [], [], []
     if held is not None and keys:
         yield held
         held = None
-    last = held if held is not None else _batch(job, keys, images, image_size)
+    last = held if held is not None else _batch(job, keys, images, image_size, texts if captions else None)
     counted = {"in": total, "skipped": dict(sorted(counts.items()))}
     last.update(last=True, counts=counted, error="; ".join(dict.fromkeys(errors)) or None)
     yield last
 
 
-def _batch(job: ShardJob, keys: list[str], images: list[torch.Tensor], image_size: tuple[int, int]) -> dict:
+def _batch(
+    job: ShardJob, keys: list[str], images: list[torch.Tensor], image_size: tuple[int, int], texts: list[str] | None
+) -> dict:
     stacked = torch.stack(images) if images else torch.empty(0, 3, *image_size, dtype=torch.uint8)
-    return {"shard": job.index, "key": list(keys), "image": stacked, "last": False, "counts": None, "error": None}
+    batch = {"shard": job.index, "key": list(keys), "image": stacked, "last": False, "counts": None, "error": None}
+    if texts is not None:
+        batch["caption"] = list(texts)
+    return batch
 
 
 class ShardBatches(IterableDataset):
     """Whole shards per DataLoader worker (webdataset's ``split_by_worker``), batched within each shard."""
 
-    def __init__(self, jobs: list[ShardJob], transform: Callable, batch_size: int, image_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        jobs: list[ShardJob],
+        transform: Callable,
+        batch_size: int,
+        image_size: tuple[int, int],
+        captions: bool = False,
+    ) -> None:
         super().__init__()
         self.jobs = jobs
         self.transform = transform
         self.batch_size = batch_size
         self.image_size = image_size
+        self.captions = captions
 
     def __iter__(self) -> Iterator[dict]:
         for job in wds.split_by_worker(self.jobs):
-            yield from shard_batches(job, self.transform, self.batch_size, self.image_size)
+            yield from shard_batches(job, self.transform, self.batch_size, self.image_size, self.captions)
 
 
 class RankPlan(NamedTuple):
@@ -390,7 +429,7 @@ class ShardData(L.LightningDataModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         pending, existing = [], []
         for job in self.jobs[rank::world]:
-            info = existing_sidecar(job, self.governor, self.cfg.on_mismatch)
+            info = self.finished(job)
             if info is None:
                 for stale in job.sidecar.parent.glob(f"{job.sidecar.name}.tmp-*"):
                     stale.unlink(missing_ok=True)
@@ -398,6 +437,15 @@ class ShardData(L.LightningDataModule):
             else:
                 existing.append((job, info))
         self.plan = RankPlan(pending, existing)
+
+    def finished(self, job: ShardJob) -> SidecarInfo | None:
+        """The shard's finished output file, or None when it must be computed."""
+        return existing_sidecar(job, self.governor, self.cfg.on_mismatch)
+
+    def dataset(self) -> ShardBatches:
+        """This rank's pending shards as batches of uint8 images at the governor's size."""
+        scorer = self.governor.scorer
+        return ShardBatches(self.plan.pending, governor_transform(scorer), self.cfg.batch_size, scorer.image_size)
 
     @property
     def num_batches(self) -> int | None:
@@ -409,11 +457,9 @@ class ShardData(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """Decoding and resizing in workers; batches of uint8 images, one shard at a time per worker."""
-        scorer = self.governor.scorer
-        dataset = ShardBatches(self.plan.pending, governor_transform(scorer), self.cfg.batch_size, scorer.image_size)
         workers = min(self.cfg.num_workers, len(self.plan.pending))
         return DataLoader(
-            dataset,
+            self.dataset(),
             batch_size=None,
             num_workers=workers,
             pin_memory=self.trainer.strategy.root_device.type == "cuda",
@@ -626,10 +672,18 @@ def run_vision_pass(cfg: VisionPassConfig | DictConfig | Mapping[str, Any], **tr
         "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
         "started": started,
     }
-    callbacks: list = [SidecarWriter(jobs, governor, manifest, header)]
-    if cfg.progress:
-        callbacks.append(ShardProgressBar())
-    trainer = L.Trainer(
+    trainer = pass_trainer(cfg, SidecarWriter(jobs, governor, manifest, header), ShardProgressBar(), **trainer_kwargs)
+    trainer.predict(GovernorPredictor(governor, cfg.top_k_classes), datamodule=ShardData(jobs, governor, cfg),
+                    return_predictions=False)
+    if trainer.is_global_zero and manifest.is_file():
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    return None
+
+
+def pass_trainer(cfg: Any, writer: BasePredictionWriter, bar: TQDMProgressBar, **trainer_kwargs: Any) -> L.Trainer:
+    """The predict-only Trainer of a shard pass (devices, precision, progress bar from ``cfg``)."""
+    callbacks: list = [writer, bar] if cfg.progress else [writer]
+    return L.Trainer(
         **{
             "accelerator": cfg.accelerator,
             "devices": cfg.devices,
@@ -646,8 +700,3 @@ def run_vision_pass(cfg: VisionPassConfig | DictConfig | Mapping[str, Any], **tr
             **trainer_kwargs,
         }
     )
-    trainer.predict(GovernorPredictor(governor, cfg.top_k_classes), datamodule=ShardData(jobs, governor, cfg),
-                    return_predictions=False)
-    if trainer.is_global_zero and manifest.is_file():
-        return json.loads(manifest.read_text(encoding="utf-8"))
-    return None

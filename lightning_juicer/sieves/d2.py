@@ -1,0 +1,44 @@
+"""D2 Pruning (Maharana et al. 2024): kNN graph, forward message passing of difficulty, greedy reverse selection."""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from lightning_juicer.sieves.clustered import Kept
+from lightning_juicer.sieves.neighbors import knn
+
+
+def d2_prune(
+    x: np.ndarray, difficulty: np.ndarray, n_keep: int, k: int = 10, gamma_forward: float = 1.0,
+    gamma_reverse: float = 1.0, gpu: bool = False,
+) -> Kept:
+    """Keep n_keep rows: s' = s + sum_j exp(-g_f d_ij) s_j, then pick the max s' and lower its neighbours by exp(-g_r d_ij) s'_i.
+
+    d_ij is the Euclidean distance of the unit embeddings; difficulty is clipped at 0 so scores only fall.
+    """
+    s = np.clip(np.asarray(difficulty, dtype=np.float64), 0.0, None)
+    if len(x) < 2:
+        return Kept(np.arange(min(len(x), n_keep)), {"knn": 0})
+    sims, idx = knn(x, k, gpu=gpu)
+    dist = np.sqrt(np.clip(2.0 - 2.0 * sims.astype(np.float64), 0.0, None))
+    score = s + (np.exp(-gamma_forward * dist) * s[idx]).sum(axis=1)
+    weight = np.exp(-gamma_reverse * dist)
+    heap = [(-v, i) for i, v in enumerate(score)]
+    heapq.heapify(heap)
+    chosen = np.zeros(len(x), dtype=bool)
+    kept: list[int] = []
+    while heap and len(kept) < n_keep:
+        neg, i = heapq.heappop(heap)
+        if chosen[i]:
+            continue
+        if -neg != score[i]:  # stale entry: the score fell since it was pushed
+            heapq.heappush(heap, (-score[i], i))
+            continue
+        chosen[i] = True
+        kept.append(i)
+        for j, w in zip(idx[i], weight[i]):
+            if not chosen[j]:
+                score[j] -= w * score[i]
+    return Kept(np.sort(np.asarray(kept, dtype=np.int64)), {"knn": int(idx.shape[1])})
