@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -35,9 +36,10 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Merge the YAML config with dotlist overrides, run the pass and print its summary."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, run: Callable = run_vision_pass, describe: Callable = summary,
+         doc: str | None = __doc__) -> int:
+    """Merge the YAML config with dotlist overrides, run the pass and print its summary (shared by the passes)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", default=[], help="YAML config (repeatable; later wins)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (omegaconf dotlist)")
     args = parser.parse_args(argv)
@@ -47,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = OmegaConf.merge(*(OmegaConf.load(p) for p in args.config), OmegaConf.from_dotlist(args.overrides))
-        manifest = run_vision_pass(cfg)
+        manifest = run(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if manifest is None:
         return 0
-    print(summary(manifest))
+    print(describe(manifest))
     print(f"manifest: {manifest['manifest']}")
     return 1 if manifest["totals"]["shards_failed"] else 0
 
