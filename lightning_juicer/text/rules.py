@@ -115,6 +115,8 @@ class Vocabulary:
         own = self.counts.get(word, 0)
         if own >= keep_count or (own >= min_count and len(word) < 4):
             return word
+        if word.endswith("s") and self.counts.get(word[:-1], 0) >= min_count:
+            return word  # the plural of a known word
         for tier in self.edit_tiers(word):
             candidates = [(self.counts[c], c) for c in tier if self.counts.get(c, 0) >= min_count]
             if candidates:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from lightning_juicer.text.rules import Vocabulary, normalise, words
+from lightning_juicer.text.rules import Vocabulary, drop_junk, normalise, words
 
 # Reasons an output is rejected (the sample keeps its original caption) or an input is not sent.
 REJECT_REASONS = ("empty", "too_long", "refusal", "lost_content", "backend_error")
@@ -54,7 +54,7 @@ def clean_output(text: str) -> str:
 
 
 def content_words(text: str) -> set[str]:
-    """Lower-case words of 3+ letters that are not stop words."""
+    """Lower-case words of 3+ letters that are not stop words (the original's are taken with its junk removed)."""
     return {w for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
 
 
@@ -89,6 +89,6 @@ class Validator:
             return original, "refusal"
         if len(caption) > self.cfg.max_length_ratio * len(original) + self.cfg.length_allowance:
             return original, "too_long"
-        if not _kept(content_words(original), content_words(caption)):
+        if not _kept(content_words(drop_junk(original, ())), content_words(caption)):
             return original, "lost_content"
         return caption, None
