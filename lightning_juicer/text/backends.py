@@ -107,13 +107,12 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, cfg: TransformersConfig, prompts: PromptConfig) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if not cfg.model:
             raise ConfigError(
                 "backend.transformers.model: the transformers backend needs a local model folder or a name in the "
                 "local Hugging Face cache; or set backend.name=rules for the offline rules backend"
             )
+        from transformers import AutoModelForCausalLM, AutoTokenizer
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, local_files_only=True, padding_side="left")
             model = AutoModelForCausalLM.from_pretrained(cfg.model, local_files_only=True, dtype=_dtype(cfg.dtype))

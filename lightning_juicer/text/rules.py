@@ -10,7 +10,7 @@ occurrences) or when a word one edit away (Damerau) is at least ``ratio`` times 
 word itself is not frequent (``keep_count``). Candidates come from the simplest typo first (an
 undoubled letter or swapped neighbours, then a dropped or added letter, then a replaced one); the most
 frequent word of the first tier that has any wins. Web typos are rare and scattered over many forms, while the words they
-come from are frequent, so both tests find them; short words (< 4 letters) only change when unknown.
+come from are frequent, so both tests find them; plurals of known words are kept.
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ class Vocabulary:
     def correct(self, word: str, min_count: int, ratio: float, keep_count: int) -> str:
         """The lower-case correction of a lower-case word (the word itself when it needs none)."""
         own = self.counts.get(word, 0)
-        if own >= keep_count or (own >= min_count and len(word) < 4):
+        if own >= keep_count:
             return word
-        if word.endswith("s") and self.counts.get(word[:-1], 0) >= min_count:
+        if word.endswith("s") and not word.endswith("ss") and self.counts.get(word[:-1], 0) >= min_count:
             return word  # the plural of a known word
         for tier in self.edit_tiers(word):
             candidates = [(self.counts[c], c) for c in tier if self.counts.get(c, 0) >= min_count]
