@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--llm-captions", type=int, default=256, help="captions timed through the LLM")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: no oversubscription on a busy box)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids oversubscription)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = prepare_synthetic(SyntheticConfig(root=args.root))

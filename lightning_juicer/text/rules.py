@@ -9,8 +9,9 @@ words, and an evidence phrase for each evidence class the caption does not menti
 occurrences) or when a word one edit away (Damerau) is at least ``ratio`` times more frequent and the
 word itself is not frequent (``keep_count``). Candidates come from the simplest typo first (an
 undoubled letter or swapped neighbours, then a dropped or added letter, then a replaced one); the most
-frequent word of the first tier that has any wins. Web typos are rare and scattered over many forms, while the words they
-come from are frequent, so both tests find them; plurals of known words are kept.
+frequent word of the first tier that has any wins. Web typos are rare and scattered over many
+forms, while the words they come from are frequent, so both tests find them; plurals of known words
+are kept.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_juicer.data.samples import CAPTION_EXTS
+from lightning_juicer.data.shards import expand_shards
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.sidecar import (
     SidecarInfo,
@@ -54,7 +55,6 @@ from lightning_juicer.governor.vision_pass import (
     SidecarWriter,
     shard_sizes,
 )
-from lightning_juicer.data.shards import expand_shards
 from lightning_juicer.text.backends import Backend, BackendConfig, build_backend
 from lightning_juicer.text.prompts import PromptConfig, Request
 from lightning_juicer.text.rules import Vocabulary
@@ -192,7 +192,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def finished_sidecar(job: TextJob, settings: dict[str, Any], on_mismatch: str) -> SidecarInfo | None:
-    """The target sidecar when the text pass already finished it with these settings; ConfigError on a refused mismatch."""
+    """The target sidecar if the pass finished it with these settings; ConfigError on a refused mismatch."""
     if not job.sidecar.is_file():
         return None
     info = sidecar_info(job.sidecar)

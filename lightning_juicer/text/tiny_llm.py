@@ -1,4 +1,4 @@
-"""A random chat LLM folder (Llama architecture, word-level tokenizer with a chat template), for tests and benchmarks."""
+"""A random chat LLM folder (Llama, word-level tokenizer with a chat template) for tests and benchmarks."""
 
 from __future__ import annotations
 
