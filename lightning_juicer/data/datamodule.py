@@ -10,7 +10,7 @@ import lightning as L
 
 from lightning_juicer.data.drops import DropCounter, merge_drops
 from lightning_juicer.data.pipeline import SAMPLING_MODES, batches_per_epoch, build_loader
-from lightning_juicer.data.samples import BatchCollator, SampleDecoder
+from lightning_juicer.data.samples import CAPTION_SOURCES, BatchCollator, SampleDecoder
 from lightning_juicer.data.sidecars import SIDECAR_KEY, SidecarJoin
 from lightning_juicer.data.shards import count_samples, expand_shards
 from lightning_juicer.data.spec import DataSpec
@@ -52,6 +52,10 @@ class JuicerDataModule(L.LightningDataModule):
         sidecar_dir: folder of the ``<shard>.juice.parquet`` sidecars (default: next to each shard).
         missing_sidecar: a sample with no sidecar entry gets ``random`` patches or is skipped
             (``skip``); counted either way. (``full`` is impossible: a batch has one k.)
+        captions: training captions: ``original`` (the shards'), ``juiced`` (the text pass's, from the
+            sidecars) or ``mix`` (juiced with probability ``juiced_prob``); samples without a juiced
+            caption use the original, counted as ``original_for_missing_juiced``.
+        juiced_prob: probability of the juiced caption per sample and epoch when ``captions: mix``.
         eval_keep_ratio: keep ratio used for validation/test batches (1.0 = full images).
         keep_list: a sieve's keep list (``preprocess/sieve.py``): training samples not on it are skipped and
             counted (``not_in_keep_list``); the epoch is the kept count unless ``train_num_samples`` is set.
@@ -75,6 +79,8 @@ class JuicerDataModule(L.LightningDataModule):
         governor: GovernorConfig | None = None,
         sidecar_dir: str | None = None,
         missing_sidecar: str = "random",
+        captions: str = "original",
+        juiced_prob: float = 0.5,
         eval_keep_ratio: float = 1.0,
         seed: int = 0,
         data_spec: DataSpec | None = None,
@@ -98,6 +104,10 @@ class JuicerDataModule(L.LightningDataModule):
                 f"data.init_args.missing_sidecar: {missing_sidecar!r} is not one of {MISSING_SIDECAR_POLICIES} "
                 "(every sample of a batch keeps the same number of patches, so one sample cannot keep all)"
             )
+        if captions not in CAPTION_SOURCES:
+            raise ConfigError(f"data.init_args.captions: {captions!r} is not one of {CAPTION_SOURCES}")
+        if not 0.0 <= juiced_prob <= 1.0:
+            raise ConfigError(f"data.init_args.juiced_prob: {juiced_prob} is outside [0, 1]")
         if sampling not in SAMPLING_MODES:
             raise ConfigError(f"data.init_args.sampling: {sampling!r} is not one of {SAMPLING_MODES}")
         if batch_size < 1:
@@ -120,6 +130,8 @@ class JuicerDataModule(L.LightningDataModule):
         self.full_patches_from_step: int | None = None  # set by callbacks.FullPatchPhase
         self.sidecar_dir = sidecar_dir
         self.missing_sidecar = missing_sidecar
+        self.captions = captions
+        self.juiced_prob = juiced_prob
         self.eval_keep_ratio = eval_keep_ratio
         self.seed = seed
         self.data_spec = data_spec
@@ -172,7 +184,7 @@ class JuicerDataModule(L.LightningDataModule):
             )
             log.info("on-the-fly %s selection at r=%s with governor %s", self.selection, self.keep_ratio, self.governor.name)
 
-        if self.selects_from_sidecars:
+        if self.selects_from_sidecars or self.captions != "original":
             self._check_sidecars()
 
     def _check_sidecars(self) -> None:
@@ -182,9 +194,14 @@ class JuicerDataModule(L.LightningDataModule):
         if not present:
             raise ConfigError(
                 f"{SIDECAR_KEY}: no sidecars found (looked for {paths[0]}); run the vision pass "
-                "(preprocess/vision_pass.py) or set data.init_args.scores on_the_fly"
+                "(preprocess/vision_pass.py; and preprocess/text_pass.py for juiced captions) or set "
+                "data.init_args.scores on_the_fly and data.init_args.captions original"
             )
-        check_sidecar(present[0], governor=self.governor.name, key="data.init_args.governor.name")
+        if self.selects_from_sidecars:
+            check_sidecar(present[0], governor=self.governor.name, key="data.init_args.governor.name")
+        if self.captions != "original" and "text" not in check_sidecar(present[0]).extra:
+            log.warning("sidecar %s has no juiced captions (run preprocess/text_pass.py); its samples train on "
+                        "their original captions", present[0])
         if len(present) < len(paths):
             log.warning("%d of %d shards have no sidecar; their samples follow missing_sidecar=%s",
                         len(paths) - len(present), len(paths), self.missing_sidecar)
@@ -201,6 +218,7 @@ class JuicerDataModule(L.LightningDataModule):
 
     def _loader(self, urls: list[str], num_samples: int, selection: str, keep_ratio: float, key: str, train: bool):
         from_sidecars = train and self.selects_from_sidecars
+        juiced = train and self.captions != "original"
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampling, num_workers = self.sampling, self.num_workers
         if not train:
@@ -212,9 +230,10 @@ class JuicerDataModule(L.LightningDataModule):
         spec = self.data_spec
         return build_loader(
             urls,
-            decode=SampleDecoder(spec.image_transform(), drops, self.missing_sidecar if from_sidecars else None),
+            decode=SampleDecoder(spec.image_transform(), drops, self.missing_sidecar if from_sidecars else None,
+                                 self.captions if train else "original", self.juiced_prob),
             collate=BatchCollator(spec.tokenizer, selection, keep_ratio, spec.grid, drops),
-            join=SidecarJoin(self.sidecar_dir) if from_sidecars else None,
+            join=SidecarJoin(self.sidecar_dir) if from_sidecars or juiced else None,
             keep=self._keep.counting(drops) if train and self._keep is not None else None,
             drops=drops,
             batch_size=self.batch_size,

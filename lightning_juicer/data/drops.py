@@ -23,8 +23,9 @@ DROP_REASONS = (
     "nonfinite_loss",  # a training batch skipped by models.guards (nonfinite_loss: skip)
     "not_in_keep_list",
 )
-# Samples that are kept but whose patches were chosen at random instead of by the governor.
-FALLBACK_REASONS = ("nonfinite_scores", "random_for_missing_sidecar")
+# Samples that are kept but whose patches were chosen at random instead of by the governor, or that
+# train on their original caption because the text pass left them none.
+FALLBACK_REASONS = ("nonfinite_scores", "random_for_missing_sidecar", "original_for_missing_juiced")
 _LOG_FIRST = 10
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from typing import Callable
 
 import torch
@@ -13,6 +14,7 @@ from lightning_juicer.governor.selection import SCORE_STRATEGIES, resample_score
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt",)
+CAPTION_SOURCES = ("original", "juiced", "mix")
 
 
 def load_rgb(data: bytes) -> Image.Image:
@@ -31,12 +33,34 @@ class SampleDecoder:
 
     With ``missing_scores`` set, samples carry their sidecar scores; a sample without a sidecar
     entry is dropped (``"skip"``) or kept for random selection (``"random"``), counted either way.
+    ``captions`` picks the caption trained on: the shard's ``original``, the text pass's ``juiced``
+    one, or the juiced one with probability ``juiced_prob`` (``mix``); a sample without a juiced
+    caption uses its original, counted.
     """
 
-    def __init__(self, transform: Callable, drops: DropCounter, missing_scores: str | None = None) -> None:
+    def __init__(
+        self,
+        transform: Callable,
+        drops: DropCounter,
+        missing_scores: str | None = None,
+        captions: str = "original",
+        juiced_prob: float = 1.0,
+    ) -> None:
         self.transform = transform
         self.drops = drops
         self.missing_scores = missing_scores
+        self.captions = captions
+        self.juiced_prob = juiced_prob if captions == "mix" else 1.0
+
+    def caption(self, original: str, sample: dict) -> str:
+        """The caption to train on (DataLoader workers seed ``random`` per worker and epoch)."""
+        if self.captions == "original" or (self.juiced_prob < 1.0 and random.random() >= self.juiced_prob):
+            return original
+        juiced = sample.get("__juiced__")
+        if not juiced:
+            self.drops.drop("original_for_missing_juiced", sample.get("__key__", "?"))
+            return original
+        return juiced
 
     def __call__(self, sample: dict) -> dict | None:
         key = sample.get("__key__", "?")
@@ -67,7 +91,7 @@ class SampleDecoder:
                 self.drops.drop("no_sidecar_entry", key)
                 return None
             self.drops.drop("random_for_missing_sidecar", key)
-        decoded = {"key": key, "image": self.transform(image), "caption": caption}
+        decoded = {"key": key, "image": self.transform(image), "caption": self.caption(caption, sample)}
         if self.missing_scores is not None:
             decoded["scores"] = scores
         return decoded

@@ -10,7 +10,8 @@ SIDECAR_KEY = "data.init_args.sidecar_dir"
 
 
 class SidecarJoin:
-    """Pipeline stage: adds ``__scores__`` = (float16 scores, governor grid), or None, to each raw sample.
+    """Pipeline stage: adds ``__scores__`` = (float16 scores, governor grid) and ``__juiced__`` (the text
+    pass's caption), or None, to each raw sample.
 
     Runs before the shuffle buffer, while samples still arrive shard by shard, so each worker reads
     one sidecar per shard pass rather than one per sample.
@@ -32,4 +33,5 @@ class SidecarJoin:
         table = self._table_for(sample.get("__url__", ""))
         row = None if table is None else table.index.get(sample.get("__key__"))
         sample["__scores__"] = None if row is None else (table.scores[row], table.grid)
+        sample["__juiced__"] = None if row is None else table.captions[row]
         return sample

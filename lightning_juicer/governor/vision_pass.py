@@ -514,7 +514,9 @@ class _OpenShard:
 class SidecarWriter(BasePredictionWriter):
     """Collects each shard's batches and writes its sidecar atomically when the shard's last batch arrives."""
 
-    def __init__(self, jobs: list[ShardJob], governor: Governor, manifest: Path, header: dict[str, Any]) -> None:
+    merge_options: dict[str, Any] = {}
+
+    def __init__(self, jobs: list[ShardJob], governor: Any, manifest: Path, header: dict[str, Any]) -> None:
         super().__init__(write_interval="batch")
         self.jobs = {job.index: job for job in jobs}
         self.governor = governor
@@ -531,8 +533,11 @@ class SidecarWriter(BasePredictionWriter):
         self._rank_file = open(rank_manifest(self.manifest, trainer.global_rank), "w", encoding="utf-8")
         self._start = time.perf_counter()
         for job, info in trainer.datamodule.plan.existing:
-            counts = info.extra.get("counts") or {"in": info.num_rows, "written": info.num_rows, "skipped": {}}
-            self._record(job, "existing", trainer.global_rank, **counts)
+            self._record(job, "existing", trainer.global_rank, **self.existing_counts(info))
+
+    def existing_counts(self, info: SidecarInfo) -> dict[str, Any]:
+        """The counts a finished sidecar recorded when it was written (for its manifest line)."""
+        return info.extra.get("counts") or {"in": info.num_rows, "written": info.num_rows, "skipped": {}}
 
     def _record(self, job: ShardJob, status: str, rank: int, **fields: Any) -> None:
         line = {"index": job.index, "shard": job.url, "sidecar": str(job.sidecar), "status": status, "rank": rank}
@@ -577,16 +582,18 @@ class SidecarWriter(BasePredictionWriter):
         self._rank_file.close()
         trainer.strategy.barrier("vision_pass_manifest")
         if trainer.is_global_zero:
-            merge_manifests(self.manifest, trainer.world_size, self.header)
+            merge_manifests(self.manifest, trainer.world_size, self.header, **self.merge_options)
 
 
 class ShardProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar with the batch total of this rank's pending shards, when their sizes are known."""
 
+    description = "Vision pass"
+
     @property
     def predict_description(self) -> str:
         """The bar's label."""
-        return "Vision pass"
+        return self.description
 
     @property
     def total_predict_batches_current_dataloader(self) -> int | float:
@@ -600,8 +607,19 @@ def rank_manifest(manifest: Path, rank: int) -> Path:
     return manifest.with_name(f"{manifest.name}.rank{rank}.jsonl")
 
 
-def merge_manifests(manifest: Path, world_size: int, header: dict[str, Any]) -> dict[str, Any]:
-    """Merge the per-rank JSON lines into one manifest with totals; writes it atomically and returns it."""
+def merge_manifests(
+    manifest: Path,
+    world_size: int,
+    header: dict[str, Any],
+    numbers: tuple[str, ...] = (),
+    counters: tuple[str, ...] = (),
+    rate: str = "images_per_second",
+) -> dict[str, Any]:
+    """Merge the per-rank JSON lines into one manifest with totals; writes it atomically and returns it.
+
+    Totals sum ``in``, ``written`` and ``skipped`` (by reason) over the shards, plus the given per-shard
+    ``numbers`` and per-reason ``counters`` of the shards that did not fail.
+    """
     shards: dict[int, dict] = {}
     ranks: dict[int, dict] = {}
     for rank in range(world_size):
@@ -630,12 +648,20 @@ def merge_manifests(manifest: Path, world_size: int, header: dict[str, Any]) -> 
         "samples_written": sum(r.get("written", 0) for r in records if r["status"] != "failed"),
         "skipped": dict(sorted(skipped.items())),
     }
+    done = [record for record in records if record["status"] != "failed"]
+    for name in numbers:
+        totals[name] = sum(record.get(name, 0) for record in done)
+    for name in counters:
+        summed: Counter[str] = Counter()
+        for record in done:
+            summed.update(record.get(name, {}))
+        totals[name] = dict(sorted(summed.items()))
     run = {
         "ranks": world_size,
         "ranks_reported": sorted(ranks),
         "samples_scored": scored,
         "seconds": round(seconds, 3),
-        "images_per_second": round(scored / seconds, 2) if seconds > 0 else None,
+        rate: round(scored / seconds, 2) if seconds > 0 else None,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out = {**header, "totals": totals, "run": run, "shards": records}

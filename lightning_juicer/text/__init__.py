@@ -1,0 +1,1 @@
+"""Text branch (Ψ_txt): caption repair and visual-evidence enrichment, written into the vision sidecars."""
