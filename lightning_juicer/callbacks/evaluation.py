@@ -131,16 +131,10 @@ class _Evaluation(L.Callback):
 
     def _synthetic(self, trainer: L.Trainer, arg: str):
         datamodule = trainer.datamodule
-        synthetic = getattr(datamodule, "synthetic", None)
-        try:
-            paths = synthetic_paths(synthetic.root) if synthetic is not None else None
-        except FileNotFoundError:
-            paths = None
-        urls = getattr(datamodule, "train_urls", None) or []
-        if paths is None or not all(str(u).startswith(str(paths.root)) for u in urls):
+        if not getattr(datamodule, "uses_synthetic", False):
             raise ConfigError(f"{self._key(arg)}: required (the DataModule does not train on the synthetic set, "
                               "so there is no synthetic evaluation set to default to)")
-        return paths
+        return synthetic_paths(datamodule.synthetic.root)
 
     def build_dataset(self, trainer: L.Trainer, transform: Any) -> Dataset:
         """The evaluation set; raises ConfigError naming the key for a missing or inconsistent one."""
