@@ -16,8 +16,10 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 @pytest.fixture(scope="session")
 def tiny_model_args() -> dict:
-    """The quickstart's model init_args (a 64 px, patch-8 ViT CLIP with random weights)."""
-    return copy.deepcopy(yaml.safe_load(QUICKSTART.read_text())["model"]["init_args"])
+    """The quickstart's model init_args (a 64 px, patch-8 ViT CLIP) with random weights: no vision_init warm start."""
+    args = copy.deepcopy(yaml.safe_load(QUICKSTART.read_text())["model"]["init_args"])
+    args.pop("vision_init", None)
+    return args
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from lightning_juicer.models.factory import create_clip_model
 from lightning_juicer.models.guards import NONFINITE_POLICIES, guard_loss
 from lightning_juicer.models.optim import param_groups, warmup_cosine
 from lightning_juicer.models.tower import check_variable_token_tower, encode_kept
+from lightning_juicer.models.vision_init import warm_start_visual
 
 
 class JuicerCLIP(L.LightningModule):
@@ -27,6 +28,9 @@ class JuicerCLIP(L.LightningModule):
         model_config: inline open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``);
             registered under ``model_name``, so a tiny model is only a config.
         pretrained: open_clip pretrained tag (from the local cache) or a checkpoint file; None = random init.
+        vision_init: warm-start the image tower from a timm ViT of the same shape (a governor name or folder
+            as ``data.init_args.governor.name`` takes, e.g. ``juicer-synthetic``); the CLIP projection and the
+            text tower stay random. None = no warm start.
         lr: peak learning rate (AdamW).
         weight_decay: AdamW weight decay on matrices (not on norms, biases, embeddings, logit scale).
         betas: AdamW betas.
@@ -46,6 +50,7 @@ class JuicerCLIP(L.LightningModule):
         model_name: str = "ViT-B-16",
         model_config: dict[str, Any] | None = None,
         pretrained: str | None = None,
+        vision_init: str | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -61,9 +66,13 @@ class JuicerCLIP(L.LightningModule):
         super().__init__()
         if nonfinite_loss not in NONFINITE_POLICIES:
             raise ConfigError(f"model.init_args.nonfinite_loss: {nonfinite_loss!r} is not one of {NONFINITE_POLICIES}")
+        if vision_init and pretrained:
+            raise ConfigError("model.init_args.vision_init: set either model.init_args.pretrained or vision_init, not both")
         self.save_hyperparameters()
         self.model = create_clip_model(model_name, model_config, pretrained)
         check_variable_token_tower(self.model.visual)
+        if vision_init:
+            warm_start_visual(self.model.visual, vision_init)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.tokenizer = open_clip.get_tokenizer(model_name)

@@ -76,3 +76,15 @@ def init_visual_from_timm(
     leftover = [k for k in missing if k != "proj"]
     if leftover or unexpected:
         raise ConfigError(f"{key}: {source} left {leftover or unexpected} unmatched in the image tower")
+
+
+def warm_start_visual(visual: OpenClipVisionTransformer, name: str) -> None:
+    """``model.init_args.vision_init``: load a governor-style timm ViT by name or folder and copy it into ``visual``."""
+    from lightning_juicer.governor.loading import NAME_KEY, load_governor_model
+
+    key = "model.init_args.vision_init"
+    try:
+        model = load_governor_model(name)
+    except ConfigError as e:  # the loader names the governor's key; this one is the model's
+        raise ConfigError(str(e).replace(NAME_KEY, key)) from e
+    init_visual_from_timm(visual, model, name, key)
