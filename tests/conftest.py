@@ -12,12 +12,19 @@ from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
+COCA_QUICKSTART = REPO / "configs" / "coca_quickstart.yaml"
 
 
 @pytest.fixture(scope="session")
 def tiny_model_args() -> dict:
     """The quickstart's model init_args (a 64 px, patch-8 ViT CLIP with random weights)."""
     return copy.deepcopy(yaml.safe_load(QUICKSTART.read_text())["model"]["init_args"])
+
+
+@pytest.fixture(scope="session")
+def tiny_coca_args() -> dict:
+    """The CoCa quickstart's model init_args (the same tiny ViT with an attention pooler and a text decoder)."""
+    return copy.deepcopy(yaml.safe_load(COCA_QUICKSTART.read_text())["model"]["init_args"])
 
 
 @pytest.fixture(scope="session")
