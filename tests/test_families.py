@@ -9,10 +9,12 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss, CoCaLoss, SigLipLoss
 
+from lightning_juicer.cli import main
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.models import JuicerCLIP
 from lightning_juicer.models.checkpoint import check_state_dict
 from lightning_juicer.models.family import compute_losses
+from tests.conftest import QUICKSTART
 
 
 def make_batch(module: JuicerCLIP, size: int = 6, kept: int = 24, seed: int = 0) -> dict:
@@ -127,3 +129,18 @@ def test_a_checkpoint_of_another_model_config_names_the_mismatching_keys(tiny_mo
         clip.on_load_checkpoint({"state_dict": shorter.state_dict()})
     assert str(error.value) == ("ckpt_path: the checkpoint was made for another model config; "
                                 "shape checkpoint vs model: model.positional_embedding [24, 96] vs [32, 96]")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("siglip_quickstart", ["loss: siglip", "init_logit_bias: -10.0"]),
+    ("coca_quickstart", ["multimodal_cfg:", "caption_loss_weight: 2.0", "batch_size: 32"]),
+    ("siglip_vit_b16_cc3m", ["model_name: ViT-B-16", "loss: siglip", "siglip_dist_impl: bidir"]),
+    ("coca_vit_b16_cc3m", ["model_name: coca_ViT-B-16", "patch_size: 16", "multimodal_cfg:", "clip_loss_weight: 1.0"]),
+])
+def test_family_configs_parse(name, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(QUICKSTART.parent / f"{name}.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for line in expected:
+        assert line in printed, line
