@@ -1,13 +1,16 @@
-"""``python -m lightning_juicer fit|validate|test --config X.yaml``: LightningCLI with one-line config errors."""
+"""``python -m lightning_juicer fit|validate|test --config X.yaml`` (LightningCLI) and ``export``, with one-line config errors."""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
+from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_juicer.data.datamodule import JuicerDataModule
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.models.export import export_checkpoint
 from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.resume import continue_last_version
 
@@ -30,18 +33,25 @@ def find_config_error(exn: BaseException | None) -> ConfigError | None:
     return None
 
 
-def main(args: list[str] | None = None, run: bool = True) -> JuicerCLI:
+def dispatch(args: list[str], run: bool) -> Any:
+    """The ``export`` subcommand, or LightningCLI for fit / validate / test / predict."""
+    if args and args[0] == "export":
+        return CLI(export_checkpoint, args=args[1:])
+    return JuicerCLI(
+        JuicerCLIP,
+        JuicerDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None, run: bool = True) -> Any:
     """Entry point; bad configuration exits with status 2 and one line on stderr naming the key to fix."""
     try:
-        return JuicerCLI(
-            JuicerCLIP,
-            JuicerDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-        )
+        return dispatch(sys.argv[1:] if args is None else args, run)
     except Exception as exn:
         cause = find_config_error(exn)
         if cause is None:

@@ -12,6 +12,7 @@ from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
+COCA_QUICKSTART = REPO / "configs" / "coca_quickstart.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,12 @@ def tiny_model_args() -> dict:
     args = copy.deepcopy(yaml.safe_load(QUICKSTART.read_text())["model"]["init_args"])
     args.pop("vision_init", None)
     return args
+
+
+@pytest.fixture(scope="session")
+def tiny_coca_args() -> dict:
+    """The CoCa quickstart's model init_args (the same tiny ViT with an attention pooler and a text decoder)."""
+    return copy.deepcopy(yaml.safe_load(COCA_QUICKSTART.read_text())["model"]["init_args"])
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,11 @@ import os
 from typing import Any
 
 import open_clip
+import open_clip.factory
 import torch
-from open_clip.factory import _MODEL_CONFIGS, parse_model_name
+from open_clip.coca_model import CoCa
+from open_clip.factory import parse_model_name
+from open_clip.transformer import MultimodalTransformer
 
 from lightning_juicer.errors import ConfigError
 
@@ -17,7 +20,7 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
     """Make an inline model config resolvable by name for create_model and get_tokenizer."""
     if "vision_cfg" not in config or "text_cfg" not in config:
         raise ConfigError("model.init_args.model_config: needs 'embed_dim', 'vision_cfg' and 'text_cfg' like open_clip's JSON configs")
-    _MODEL_CONFIGS[name] = copy.deepcopy(dict(config))
+    open_clip.factory._MODEL_CONFIGS[name] = copy.deepcopy(dict(config))  # looked up at call time: add_model_config rebinds it
 
 
 def check_pretrained(model_name: str, pretrained: str | None) -> None:
@@ -32,26 +35,55 @@ def check_pretrained(model_name: str, pretrained: str | None) -> None:
     )
 
 
-def create_clip_model(
-    model_name: str,
-    model_config: dict[str, Any] | None = None,
-    pretrained: str | None = None,
-    **kwargs: Any,
-) -> torch.nn.Module:
-    """An open_clip model (output_dict=True) from a built-in name, an inline config or a local-dir/hf-hub name."""
+def resolve_model_config(
+    model_name: str, model_config: dict[str, Any] | None = None, **model_kwargs: Any
+) -> dict[str, Any]:
+    """The open_clip model config a name stands for (registering an inline one), with constructor overrides applied."""
     schema, identifier = parse_model_name(model_name)
     if model_config is not None:
         register_model_config(model_name, model_config)
-    elif schema == "local-dir" and not os.path.isdir(identifier):
-        raise ConfigError(f"model.init_args.model_name: local directory not found: {identifier}")
+    elif schema == "local-dir" and not os.path.isfile(os.path.join(identifier, "open_clip_config.json")):
+        raise ConfigError(f"model.init_args.model_name: no open_clip_config.json in local directory {identifier}")
     elif schema is None and model_name not in open_clip.list_models():
         raise ConfigError(
             f"model.init_args.model_name: unknown open_clip model {model_name!r}; "
             "pick one of open_clip.list_models() or give model.init_args.model_config"
         )
-    if schema is None:
+    return {**open_clip.get_model_config(model_name), **model_kwargs}
+
+
+def create_clip_model(
+    model_name: str,
+    model_config: dict[str, Any] | None = None,
+    pretrained: str | None = None,
+    **model_kwargs: Any,
+) -> torch.nn.Module:
+    """An open_clip model (output_dict=True) from a built-in name, an inline config or a local-dir/hf-hub name.
+
+    ``model_kwargs`` override config entries (e.g. ``init_logit_bias``), as open_clip's own ``create_model`` does.
+    """
+    resolve_model_config(model_name, model_config)
+    if parse_model_name(model_name)[0] is None:
         check_pretrained(model_name, pretrained)
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained, output_dict=True, **kwargs)
+        model = open_clip.create_model(model_name, pretrained=pretrained, output_dict=True, **model_kwargs)
     except RuntimeError as exn:
         raise ConfigError(f"model.init_args.pretrained: could not load weights for {model_name}: {exn}") from exn
+    if isinstance(model, CoCa) and not pretrained and parse_model_name(model_name)[0] is None:
+        init_text_decoder(model.text_decoder)
+    return model
+
+
+def init_text_decoder(decoder: MultimodalTransformer) -> None:
+    """CoCa's text-decoder init as open_clip intends it; open_clip 3.x never runs it (open_clip issue #554).
+
+    Without it the decoder's ``text_projection`` is ``torch.empty``: whatever memory held, NaN included.
+    """
+    width, layers = decoder.width, decoder.layers
+    proj_std, attn_std, fc_std = width**-0.5 * (2 * layers) ** -0.5, width**-0.5, (2 * width) ** -0.5
+    for block in (*decoder.resblocks, *decoder.cross_attn):
+        torch.nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+        torch.nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        torch.nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+        torch.nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+    torch.nn.init.normal_(decoder.text_projection, std=width**-0.5)

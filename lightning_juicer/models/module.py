@@ -1,19 +1,25 @@
-"""JuicerCLIP: the LightningModule training an open_clip CLIP on kept patches with the ITC loss."""
+"""JuicerCLIP: the LightningModule training an open_clip CLIP, SigLIP or CoCa on kept patches."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 
 from lightning_juicer.data.spec import DataSpec
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.models.factory import create_clip_model
+from lightning_juicer.models.checkpoint import check_state_dict
+from lightning_juicer.models.factory import create_clip_model, resolve_model_config
+from lightning_juicer.models.family import (
+    Family,
+    build_loss,
+    compute_losses,
+    family_model_kwargs,
+)
 from lightning_juicer.models.guards import NONFINITE_POLICIES, guard_loss
 from lightning_juicer.models.optim import param_groups, warmup_cosine
 from lightning_juicer.models.tower import check_variable_token_tower, encode_kept
@@ -21,23 +27,35 @@ from lightning_juicer.models.vision_init import warm_start_visual
 
 
 class JuicerCLIP(L.LightningModule):
-    """CLIP trained contrastively on the patches kept by the data pipeline.
+    """A CLIP-family model (CLIP, SigLIP or CoCa) trained on the patches kept by the data pipeline.
+
+    The family follows the open_clip model config (``multimodal_cfg``: CoCa, ``init_logit_bias``: SigLIP,
+    else CLIP) unless ``loss`` names it; the image tower always runs on the kept patches only, and
+    CoCa's text decoder cross-attends to the tokens the tower made from them.
 
     Args:
         model_name: open_clip model name (``ViT-B-16``), ``local-dir:/path`` or ``hf-hub:org/repo``.
-        model_config: inline open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``);
-            registered under ``model_name``, so a tiny model is only a config.
+        model_config: inline open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``, for CoCa
+            ``multimodal_cfg``); registered under ``model_name``, so a tiny model is only a config.
         pretrained: open_clip pretrained tag (from the local cache) or a checkpoint file; None = random init.
         vision_init: warm-start the image tower from a timm ViT of the same shape (a governor name or folder
             as ``data.init_args.governor.name`` takes, e.g. ``juicer-synthetic``); the CLIP projection and the
             text tower stay random. None = no warm start.
+        loss: ``clip`` (InfoNCE), ``siglip`` (sigmoid) or ``coca`` (contrastive + captioning); None = the
+            model config's family. ``siglip`` on a CLIP config adds SigLIP's logit bias (init -10) and
+            sets the logit scale init to ln 10, as open_clip's ``--siglip`` does.
+        init_logit_scale: override of the model config's initial log temperature.
+        init_logit_bias: override of the model config's initial logit bias (SigLIP).
+        caption_loss_weight: CoCa captioning loss weight.
+        clip_loss_weight: CoCa contrastive loss weight.
+        siglip_dist_impl: open_clip's SigLIP exchange across ranks (``bidir``, ``shift``, ``reduce``, ``gather``).
         lr: peak learning rate (AdamW).
         weight_decay: AdamW weight decay on matrices (not on norms, biases, embeddings, logit scale).
         betas: AdamW betas.
         eps: AdamW epsilon.
         warmup_steps: linear warm-up steps before the cosine decay.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
-        local_loss: compute the ITC loss for local rows against gathered features (open_clip's --local-loss).
+        local_loss: compute the contrastive loss for local rows against gathered features (open_clip's --local-loss).
         gather_with_grad: back-propagate through the feature all-gather (open_clip's --gather-with-grad).
         max_logit_scale: the learned temperature's exp is clamped to this after every step.
         grad_checkpointing: activation checkpointing in both towers.
@@ -51,6 +69,12 @@ class JuicerCLIP(L.LightningModule):
         model_config: dict[str, Any] | None = None,
         pretrained: str | None = None,
         vision_init: str | None = None,
+        loss: Family | None = None,
+        init_logit_scale: float | None = None,
+        init_logit_bias: float | None = None,
+        caption_loss_weight: float = 2.0,
+        clip_loss_weight: float = 1.0,
+        siglip_dist_impl: Literal["bidir", "shift", "reduce", "gather"] | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -69,15 +93,30 @@ class JuicerCLIP(L.LightningModule):
         if vision_init and pretrained:
             raise ConfigError("model.init_args.vision_init: set either model.init_args.pretrained or vision_init, not both")
         self.save_hyperparameters()
-        self.model = create_clip_model(model_name, model_config, pretrained)
+        overrides = {key: value for key, value in (("init_logit_scale", init_logit_scale),
+                                                   ("init_logit_bias", init_logit_bias)) if value is not None}
+        self.family, model_kwargs = family_model_kwargs(loss, resolve_model_config(model_name, model_config), overrides)
+        self.model = create_clip_model(model_name, model_config, pretrained, **model_kwargs)
+        # The exact config this model was built from, for export to open_clip's format.
+        self.model_cfg = resolve_model_config(model_name, model_config, **model_kwargs)
         check_variable_token_tower(self.model.visual)
         if vision_init:
             warm_start_visual(self.model.visual, vision_init)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.tokenizer = open_clip.get_tokenizer(model_name)
-        self.train_loss = ClipLoss()
-        self.eval_loss = ClipLoss()
+        self.train_loss = self.build_loss()
+        self.eval_loss = self.build_loss()
+
+    def build_loss(self, rank: int = 0, world_size: int = 1) -> torch.nn.Module:
+        """open_clip's loss for this model's family and the hparams, for ``world_size`` ranks."""
+        hp = self.hparams
+        return build_loss(
+            self.family, rank=rank, world_size=world_size, local_loss=hp.local_loss,
+            gather_with_grad=hp.gather_with_grad, caption_loss_weight=hp.caption_loss_weight,
+            clip_loss_weight=hp.clip_loss_weight, siglip_dist_impl=hp.siglip_dist_impl,
+            pad_id=getattr(self.model, "pad_id", 0),
+        )
 
     def data_spec(self) -> DataSpec:
         """Image size, patch size, normalisation and tokenizer the data pipeline must use."""
@@ -102,32 +141,45 @@ class JuicerCLIP(L.LightningModule):
         """Text embeddings of tokenized captions."""
         return self.model.encode_text(text, normalize=normalize)
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised image and text features and the logit scale exp(t) for a contract batch."""
-        image_features = self.encode_image(batch["image"], batch.get("keep"))
-        text_features = self.encode_text(batch["text"])
-        return image_features, text_features, self.model.logit_scale.exp()
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """open_clip's output dict for a contract batch: normalised features, exp(logit scale), bias, CoCa logits."""
+        pooled, tokens = encode_kept(self.model.visual, batch["image"], batch.get("keep"))
+        image_features = F.normalize(pooled, dim=-1)
+        if self.family == "coca":
+            # CoCa's decoder cross-attends to the tower's tokens, which saw the kept patches only.
+            return self.model(batch["image"], batch["text"], image_latent=image_features, image_embs=tokens)
+        outputs = {
+            "image_features": image_features,
+            "text_features": self.encode_text(batch["text"]),
+            "logit_scale": self.model.logit_scale.exp(),
+        }
+        if self.model.logit_bias is not None:
+            outputs["logit_bias"] = self.model.logit_bias
+        return outputs
 
     def setup(self, stage: str) -> None:
-        """Size the ITC loss for this process group (features are gathered across ranks)."""
-        self.train_loss = ClipLoss(
-            local_loss=self.hparams.local_loss,
-            gather_with_grad=self.hparams.gather_with_grad,
-            cache_labels=True,
-            rank=self.global_rank,
-            world_size=self.trainer.world_size if self.trainer else 1,
-        )
+        """Size the training loss for this process group (features are gathered or exchanged across ranks)."""
+        self.train_loss = self.build_loss(self.global_rank, self.trainer.world_size if self.trainer else 1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model config with one line naming the mismatching keys."""
+        check_state_dict(self.state_dict(), checkpoint["state_dict"], "ckpt_path")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        """ITC loss on the kept patches (None skips a non-finite batch under ``nonfinite_loss: skip``)."""
-        image_features, text_features, logit_scale = self(batch)
-        loss = guard_loss(self, self.train_loss(image_features, text_features, logit_scale), batch,
-                          self.hparams.nonfinite_loss)
+        """The family's loss on the kept patches (None skips a non-finite batch under ``nonfinite_loss: skip``)."""
+        outputs = self(batch)
+        terms = compute_losses(self.train_loss, outputs)
+        loss = guard_loss(self, terms["loss"], batch, self.hparams.nonfinite_loss)
         if loss is None:
             return None
         batch_size = batch["text"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/logit_scale", logit_scale, batch_size=batch_size)
+        if self.family == "coca":
+            for name in ("contrastive_loss", "caption_loss"):
+                self.log(f"train/{name}", terms[name], batch_size=batch_size)
+        self.log("train/logit_scale", outputs["logit_scale"], batch_size=batch_size)
+        if "logit_bias" in outputs:
+            self.log("train/logit_bias", outputs["logit_bias"], batch_size=batch_size)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -136,15 +188,16 @@ class JuicerCLIP(L.LightningModule):
             self.model.logit_scale.clamp_(0, math.log(self.hparams.max_logit_scale))
 
     def _eval_step(self, batch: dict, prefix: str) -> None:
-        image_features, text_features, logit_scale = self(batch)
-        loss = self.eval_loss(image_features, text_features, logit_scale)
+        outputs = self(batch)
+        loss = compute_losses(self.eval_loss, outputs)["loss"]
+        image_features, text_features = outputs["image_features"], outputs["text_features"]
         hits = (image_features @ text_features.T).argmax(dim=1) == torch.arange(len(image_features), device=self.device)
         batch_size = batch["text"].shape[0]
         self.log(f"{prefix}/loss", loss, sync_dist=True, batch_size=batch_size)
         self.log(f"{prefix}/batch_i2t_top1", hits.float().mean(), sync_dist=True, batch_size=batch_size)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Contrastive loss and in-batch image->text top-1 on held-out pairs."""
+        """The family's loss and in-batch image->text top-1 on held-out pairs."""
         self._eval_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
