@@ -13,9 +13,13 @@ sieve, each sieve keeps 50 % of the samples.
 Budget (``--budget``): ``tokens`` (default, the paper's design, Tables 2-3) gives every compressed
 arm 50 % of Full's image tokens: sieve arms train half of ``--steps`` on full images (the same
 epochs over their half of the data), token-level arms train ``--steps`` on 50 % of the patches;
-``steps`` trains every arm ``--steps``. ``--juicer-override`` adds CLI overrides to the DataJuicer
-arms only (e.g. the juiced caption source once the text branch is merged); without it they juice
-the vision side only.
+``steps`` trains every arm ``--steps``.
+
+The DataJuicer arms are the whole method: a vision pass (``--governor``) and a text pass
+(``--text-backend``, default ``rules``: offline) write sidecars for the training shards once, and
+those arms train on the top-k patches from the sidecar scores with the juiced captions
+(``--captions juiced``; ``original`` for vision-only juicing). ``--juicer-override`` adds further CLI
+overrides to the DataJuicer arms only.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def arm_config(base: dict, arm: str, seed: int, args: argparse.Namespace, keep: 
         if arm != "random_star":
             data["scores"] = "on_the_fly"
             data["governor"] = {**(data.get("governor") or {}), "name": args.governor}
+        if arm.startswith("datajuicer"):
+            data.update(scores="sidecar", sidecar_dir=str(args.out / "sidecars"), captions=args.captions)
     if arm in SIEVE_ARMS or arm in ("random_star", "cluster_star", "datajuicer", "datajuicer_sieve"):
         tokens = steps * (data["keep_ratio"]) / args.steps
     cfg["seed_everything"] = seed
@@ -143,6 +149,16 @@ def make_keep_lists(args: argparse.Namespace, reference: Path, train_shards: str
     return keep
 
 
+def make_juiced_sidecars(args: argparse.Namespace, train_shards: str) -> None:
+    """The method's two offline passes over the training shards: vision (scores, evidence), then text (captions)."""
+    sidecars = args.out / "sidecars"
+    common = [f"shards={train_shards}", f"sidecar_dir={sidecars}", "progress=false"]
+    run([sys.executable, "preprocess/vision_pass.py", "--config", "configs/preprocess/vision.yaml", *common,
+         f"governor.name={args.governor}", "num_workers=1", "batch_size=256"], args.out / "logs" / "vision_pass.log")
+    run([sys.executable, "preprocess/text_pass.py", "--config", "configs/preprocess/text.yaml", *common,
+         f"backend.name={args.text_backend}"], args.out / "logs" / "text_pass.log")
+
+
 def fmt(values: list[float]) -> str:
     """mean ± std in percent (std over seeds; '±  -' for one seed)."""
     mean = 100 * statistics.fmean(values)
@@ -185,8 +201,11 @@ def main() -> None:
     parser.add_argument("--governor", default="juicer-synthetic")
     parser.add_argument("--clusters", type=int, default=24, help="k-means clusters of the sieves")
     parser.add_argument("--negclip-batch", type=int, default=512, help="negCLIPLoss random batch size B")
+    parser.add_argument("--captions", choices=("juiced", "original", "mix"), default="juiced",
+                        help="caption source of the DataJuicer arms (juiced: the text pass's)")
+    parser.add_argument("--text-backend", default="rules", help="text pass backend for the juiced captions")
     parser.add_argument("--juicer-override", action="append", default=[],
-                        help="extra fit arguments for the DataJuicer arms, e.g. '--data.init_args.caption_source=juiced'")
+                        help="extra fit arguments for the DataJuicer arms")
     parser.add_argument("--out", type=Path, default=Path("runs/miniature"))
     parser.add_argument("--table", type=Path, default=None, help="markdown file for the table (default: <out>/table.md)")
     args = parser.parse_args()
@@ -204,14 +223,18 @@ def main() -> None:
         sieves.add(args.combo_sieve)
     results: dict[str, list[dict]] = {}
     keep: dict[str, Path] = {}
+    synthetic = base["data"]["init_args"].get("synthetic", {}).get("root", "data/synthetic")
     for i, seed in enumerate(args.seeds):
         results.setdefault("full", []).append(fit(base, "full", seed, args, keep))
-        if i == 0 and sieves:
-            reference = Path(results["full"][0]["log_dir"]) / "checkpoints" / "last.ckpt"
-            synthetic = base["data"]["init_args"].get("synthetic", {}).get("root", "data/synthetic")
+        if i == 0:  # the first fit generated the synthetic data
             from lightning_juicer.data.synthetic import synthetic_paths
 
-            keep = make_keep_lists(args, reference, synthetic_paths(REPO / synthetic).train_shards, sieves)
+            train_shards = synthetic_paths(REPO / synthetic).train_shards
+            if sieves:
+                reference = Path(results["full"][0]["log_dir"]) / "checkpoints" / "last.ckpt"
+                keep = make_keep_lists(args, reference, train_shards, sieves)
+            if any(arm.startswith("datajuicer") for arm in args.arms):
+                make_juiced_sidecars(args, train_shards)
         for arm in args.arms:
             if arm != "full":
                 results.setdefault(arm, []).append(fit(base, arm, seed, args, keep))
