@@ -23,7 +23,7 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_logit_scale(model):
     decayed = {names[id(p)] for p in decay["params"]}
     not_decayed = {names[id(p)] for p in no_decay["params"]}
     for name in ("logit_scale", "positional_embedding", "token_embedding.weight", "visual.class_embedding",
-                 "visual.positional_embedding", "visual.ln_pre.weight", "ln_final.bias"):
+                 "visual.positional_embedding", "visual.ln_post.weight", "ln_final.bias"):
         assert name in not_decayed, name
     for name in ("visual.conv1.weight", "visual.proj", "text_projection",
                  "visual.transformer.resblocks.0.attn.in_proj_weight", "transformer.resblocks.0.mlp.c_fc.weight"):
