@@ -134,8 +134,9 @@ class Juicer:
         return None if self.ratio >= 1.0 else select_topk(scores, keep_count(scores.shape[1], self.ratio))
 
     def features(self, image: torch.Tensor, text: torch.Tensor):
-        """Normalised image/text features and the logit scale (JuicerCLIP.forward)."""
-        return self.module({"image": image, "keep": self.keep(self.scores), "text": text})
+        """Normalised image/text features and the logit scale (JuicerCLIP.forward's open_clip output dict)."""
+        out = self.module({"image": image, "keep": self.keep(self.scores), "text": text})
+        return out["image_features"], out["text_features"], out["logit_scale"]
 
     def tower(self, image: torch.Tensor) -> torch.Tensor:
         """Image embeddings of the kept patches."""
