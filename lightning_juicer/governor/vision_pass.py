@@ -231,17 +231,22 @@ def identity_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in USE_TIME_SETTINGS}
 
 
-def plan_shards(cfg: VisionPassConfig) -> list[ShardJob]:
-    """The job's shards with their sidecar paths and sizes; refuses two shards sharing one sidecar."""
-    urls = expand_shards(cfg.shards, "shards")
+def plan_jobs(shards: Any, output_path: Callable[[str], Path], key: str, what: str) -> list[ShardJob]:
+    """A pass's shards with their output file paths and sizes; refuses two shards sharing one output file."""
+    urls = expand_shards(shards, "shards")
     jobs, seen = [], {}
     for index, (url, size) in enumerate(zip(urls, shard_sizes(urls))):
-        path = sidecar_path(url, cfg.sidecar_dir)
+        path = output_path(url)
         if path in seen:
-            raise ConfigError(f"sidecar_dir: shards {seen[path]} and {url} would share the sidecar {path}")
+            raise ConfigError(f"{key}: shards {seen[path]} and {url} would share the {what} {path}")
         seen[path] = url
         jobs.append(ShardJob(index, url, path, size))
     return jobs
+
+
+def plan_shards(cfg: VisionPassConfig) -> list[ShardJob]:
+    """The vision pass's shards with their sidecar paths and sizes."""
+    return plan_jobs(cfg.shards, lambda url: sidecar_path(url, cfg.sidecar_dir), "sidecar_dir", "sidecar")
 
 
 def shard_sizes(urls: list[str]) -> list[int | None]:

@@ -32,10 +32,15 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lightning_juicer.data.shards import expand_shards
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.loading import load_governor
-from lightning_juicer.governor.sidecar import SidecarInfo, _shard_name, atomic_write, governor_id, sidecar_path
+from lightning_juicer.governor.sidecar import (
+    SidecarInfo,
+    _shard_name,
+    atomic_write,
+    governor_id,
+    sidecar_path,
+)
 from lightning_juicer.governor.vision_pass import (
     MISMATCH_POLICIES,
     ShardBatches,
@@ -45,7 +50,7 @@ from lightning_juicer.governor.vision_pass import (
     SidecarWriter,
     crop_transform,
     pass_trainer,
-    shard_sizes,
+    plan_jobs,
 )
 
 log = logging.getLogger(__name__)
@@ -317,24 +322,16 @@ class EmbeddingsProgressBar(ShardProgressBar):
         return "Embeddings pass"
 
 
-def plan_jobs(cfg: EmbeddingsConfig) -> list[ShardJob]:
-    """The pass's shards with their embeddings file paths and sizes; refuses two shards sharing one file."""
-    urls = expand_shards(cfg.shards, "shards")
-    jobs, seen = [], {}
-    for index, (url, size) in enumerate(zip(urls, shard_sizes(urls))):
-        path = embeddings_path(url, cfg.out_dir)
-        if path in seen:
-            raise ConfigError(f"out_dir: shards {seen[path]} and {url} would share the embeddings file {path}")
-        seen[path] = url
-        jobs.append(ShardJob(index, url, path, size))
-    return jobs
+def plan_embedding_jobs(cfg: EmbeddingsConfig) -> list[ShardJob]:
+    """The pass's shards with their embeddings file paths and sizes."""
+    return plan_jobs(cfg.shards, lambda url: embeddings_path(url, cfg.out_dir), "out_dir", "embeddings file")
 
 
 def run_embeddings_pass(cfg: EmbeddingsConfig | DictConfig | Mapping[str, Any], **trainer_kwargs: Any) -> dict | None:
     """Run the pass; returns the merged manifest on global rank 0 (None on other ranks)."""
     cfg = to_config(cfg)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    jobs = plan_jobs(cfg)
+    jobs = plan_embedding_jobs(cfg)
     encoders = load_encoders(cfg)
     data = EmbeddingShards(jobs, encoders, cfg)
     if cfg.on_mismatch == "error":

@@ -267,19 +267,9 @@ class TextShardData(ShardData):
         self.cfg = cfg
         self.plan = RankPlan([], [])
 
-    def setup(self, stage: str) -> None:
-        """Split the shards over ranks and check this rank's finished sidecars."""
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        pending, existing = [], []
-        for job in self.jobs[rank::world]:
-            info = finished_sidecar(job, self.settings, self.cfg.on_mismatch)
-            if info is None:
-                for stale in job.sidecar.parent.glob(f"{job.sidecar.name}.tmp-*"):
-                    stale.unlink(missing_ok=True)
-                pending.append(job)
-            else:
-                existing.append((job, info))
-        self.plan = RankPlan(pending, existing)
+    def finished(self, job: TextJob) -> SidecarInfo | None:
+        """The shard's sidecar when its captions were written with these text settings, else None."""
+        return finished_sidecar(job, self.settings, self.cfg.on_mismatch)
 
     def predict_dataloader(self) -> DataLoader:
         """Shard reading in workers; batches of captions and evidence, one shard at a time per worker."""
