@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
@@ -37,3 +38,12 @@ def tiny_synthetic(tmp_path_factory):
         root=str(root), num_train=256, samples_per_shard=64, num_val=64, eval_per_class=4, num_retrieval=20
     )
     return prepare_synthetic(cfg)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module (passes with DataLoader workers on two shared cores oversubscribe)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -37,13 +37,7 @@ from tests.conftest import REPO
 SETTINGS = {"image_size": [64, 64], "patch_size": [8, 8], "top_k_classes": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
