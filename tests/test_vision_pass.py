@@ -16,6 +16,7 @@ import pytest
 import timm
 import torch
 import webdataset as wds
+from omegaconf import OmegaConf
 
 from lightning_juicer.data.samples import load_rgb
 from lightning_juicer.data.synthetic import SHAPE_CLASSES, SyntheticConfig, prepare_synthetic
@@ -31,7 +32,7 @@ from lightning_juicer.governor.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from lightning_juicer.governor.vision_pass import ShardData, run_vision_pass, to_config
+from lightning_juicer.governor.vision_pass import ShardData, load_pass_governor, run_vision_pass, to_config
 from tests.conftest import REPO
 
 SETTINGS = {"image_size": [64, 64], "patch_size": [8, 8], "top_k_classes": 2}
@@ -71,7 +72,7 @@ def _cfg(data, governor_dir, sidecar_dir, **overrides) -> dict:
     cfg = {
         "shards": data.train_shards,
         "sidecar_dir": str(sidecar_dir),
-        "governor": {"name": str(governor_dir), "head": {"classnames": list(SHAPE_CLASSES)}},
+        "governor": {"name": str(governor_dir), "head": {"classnames": list(SHAPE_CLASSES), "activation": "softmax"}},
         "batch_size": 12,
         "num_workers": 0,
         "accelerator": "cpu",
@@ -93,7 +94,7 @@ def test_pass_writes_one_sidecar_per_shard_with_the_governors_scores_and_classes
     assert not list((tmp_path / "side").glob("*.jsonl"))
 
     model = load_governor_model(str(governor_dir))
-    scorer, head = PatchScorer(model), ClassHead.from_model(model, list(SHAPE_CLASSES))
+    scorer, head = PatchScorer(model), ClassHead.from_model(model, list(SHAPE_CLASSES), activation="softmax")
     transform = open_clip.image_transform(64, is_train=False, mean=scorer.mean, std=scorer.std,
                                           interpolation="bicubic", resize_mode="shortest")
     for url in _shards(data):
@@ -274,7 +275,7 @@ def test_command_line_two_process_pass(data, governor_dir, tmp_path):
     command = [
         sys.executable, "preprocess/vision_pass.py", "--config", "configs/preprocess/vision.yaml",
         f"shards={data.train_shards}", f"sidecar_dir={tmp_path / 'side'}", f"governor.name={governor_dir}",
-        f"governor.head.classnames={names}", "accelerator=cpu", "devices=2", "strategy=ddp", "num_workers=0",
+        f"governor.head.classnames={names}", "governor.head.activation=softmax", "accelerator=cpu", "devices=2", "strategy=ddp", "num_workers=0",
         "batch_size=16", "progress=false",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -284,3 +285,20 @@ def test_command_line_two_process_pass(data, governor_dir, tmp_path):
     manifest = json.loads((tmp_path / "side" / "vision_pass.manifest.json").read_text())
     assert manifest["run"]["ranks_reported"] == [0, 1]
     assert [s["rank"] for s in manifest["shards"]] == [0, 1, 0]
+
+
+def test_evidence_activation_is_the_recorded_one_and_a_closed_set_head_needs_an_explicit_opt_in(data, governor_dir):
+    """Issue 12: no softmax forced by default; a head that cannot say 'none of these' is refused unless asked for."""
+    shipped = load_pass_governor(to_config({"shards": data.train_shards, "governor": {"name": "juicer-synthetic"}}))
+    assert shipped.head.activation == "sigmoid" and shipped.settings["head"]["activation"] == "sigmoid"
+    cfg = {"shards": data.train_shards, "governor": {"name": str(governor_dir), "head": {"classnames": list(SHAPE_CLASSES)}}}
+    with pytest.raises(ConfigError, match=r"^governor\.head\.activation: .* records no activation") as error:
+        load_pass_governor(to_config(cfg))
+    assert "\n" not in str(error.value) and "governor.head.kind=none" in str(error.value)
+    head = cfg["governor"]["head"]
+    opted = load_pass_governor(to_config({**cfg, "governor": {**cfg["governor"], "head": {**head, "activation": "softmax"}}}))
+    assert opted.head.activation == "softmax" and opted.settings["head"]["activation"] == "softmax"
+    off = load_pass_governor(to_config({**cfg, "governor": {**cfg["governor"], "head": {"kind": "none"}}}))
+    assert off.head is None and off.settings["head"] == {"kind": "none"}
+    yaml_default = OmegaConf.load(REPO / "configs" / "preprocess" / "vision.yaml").governor.head.activation
+    assert yaml_default is None

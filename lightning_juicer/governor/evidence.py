@@ -18,12 +18,19 @@
   that same CLIP model's image tower, so the governor must then be that model
   (``PatchScorer(clip_model)``, whose CLS embedding is the projected image feature).
 
-Probabilities are a softmax over classes (``activation="softmax"``, the single-label heads above;
-with ε ≥ 0.5 at most one class can pass) or per-class sigmoids for multi-label heads.
+Probabilities are per-class sigmoids (``activation="sigmoid"``: one-vs-rest heads, which can say
+"none of these") or a softmax over classes (``activation="softmax"``: a closed set, where an image
+holding none of the classes still gets a confident class). The activation a governor folder
+(``config.json``) or a head file (safetensors metadata, see ``governor.head_fit``) records is the
+default; a head that records none is refused (``governor.head.activation``) unless the activation is
+given explicitly: set ``governor.head.activation: softmax`` to accept closed-set evidence knowingly,
+fit a one-vs-rest head on your classes (``preprocess/fit_head.py``), or switch evidence off with
+``governor.head.kind: none`` (or ``max_classes: 0`` at use time).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,6 +43,20 @@ from lightning_juicer.errors import ConfigError
 
 IMAGENET_CLASSNAMES: tuple[str, ...] = tuple(open_clip.IMAGENET_CLASSNAMES)
 ACTIVATIONS = ("softmax", "sigmoid")
+ACTIVATION_KEY = "governor.head.activation"
+
+
+def resolve_activation(requested: str | None, recorded: str | None, source: str) -> str:
+    """The explicit activation, else the one ``source`` records; a head that records none is refused."""
+    if requested is not None:
+        return requested
+    if recorded is not None:
+        return recorded
+    raise ConfigError(
+        f"{ACTIVATION_KEY}: {source} records no activation, so its evidence would be a closed-set softmax that cannot "
+        f"say 'none of these'; fit a sigmoid head (preprocess/fit_head.py), set {ACTIVATION_KEY}=softmax to accept "
+        "it anyway, or turn evidence off with governor.head.kind=none"
+    )
 
 
 def read_classnames(path: str | Path) -> list[str]:
@@ -115,12 +136,10 @@ class ClassHead(nn.Module):
     def from_model(
         cls, model: nn.Module, classnames: Sequence[str] | str | Path | None = None, activation: str | None = None
     ) -> ClassHead:
-        """The governor's own classifier head; ``activation`` defaults to the one its folder records, else softmax."""
-        model = getattr(model, "model", model)
-        if activation is None:
-            from lightning_juicer.governor.loading import governor_activation
+        """The governor's own classifier head; ``activation`` defaults to the one its folder records (else refused)."""
+        from lightning_juicer.governor.loading import governor_activation
 
-            activation = governor_activation(model) or "softmax"
+        model = getattr(model, "model", model)
         head = model.get_classifier() if hasattr(model, "get_classifier") else None
         if not isinstance(head, nn.Linear):
             raise ConfigError(
@@ -129,6 +148,8 @@ class ClassHead(nn.Module):
             )
         labels = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
         names = _classnames(classnames, head.out_features, labels)
+        source = f"the classifier of governor {type(model).__name__}"
+        activation = resolve_activation(activation, governor_activation(model), source)
         return cls(head.weight, head.bias, names, activation=activation)
 
     @classmethod
@@ -137,10 +158,17 @@ class ClassHead(nn.Module):
         path: str | Path,
         classnames: Sequence[str] | str | Path | None = None,
         embed_dim: int | None = None,
-        activation: str = "softmax",
+        activation: str | None = None,
     ) -> ClassHead:
-        """A linear head from a state dict file with ``weight`` [C, D] and ``bias`` [C] (see module docs)."""
+        """A linear head from a state dict file with ``weight`` [C, D] and ``bias`` [C] (see module docs).
+
+        Class names and activation default to those recorded in a safetensors file's metadata
+        (``classnames``: JSON list, ``activation``), as ``preprocess/fit_head.py`` writes them."""
         weight, bias = _load_linear(Path(path))
+        recorded = head_metadata(Path(path))
+        if classnames is None and "classnames" in recorded:
+            classnames = recorded["classnames"]
+        activation = resolve_activation(activation, recorded.get("activation"), f"head file {path}")
         if embed_dim is not None and weight.shape[1] != embed_dim:
             raise ConfigError(
                 f"governor.head: {path} expects {weight.shape[1]}-d input but the governor's CLS embedding is "
@@ -157,8 +185,12 @@ class ClassHead(nn.Module):
         classnames: Sequence[str] | str | Path | None = None,
         templates: Sequence[str | Callable[[str], str]] | None = None,
         device: torch.device | str | None = None,
+        activation: str | None = None,
     ) -> ClassHead:
-        """A zero-shot head from an open_clip model's text tower; pair it with ``PatchScorer(clip_model)``."""
+        """A zero-shot head from an open_clip model's text tower; pair it with ``PatchScorer(clip_model)``.
+
+        Its probabilities are a softmax over the given names (a closed set): pass ``activation="softmax"``."""
+        activation = resolve_activation(activation, None, "a zero-shot head")
         if not hasattr(clip_model, "encode_text"):
             raise ConfigError(
                 f"governor.head: zero-shot heads need an open_clip CLIP model, got {type(clip_model).__name__}"
@@ -171,7 +203,32 @@ class ClassHead(nn.Module):
                 clip_model, tokenizer, names, templates, num_classes_per_batch=10, device=device, use_tqdm=False
             )
         logit_scale = float(clip_model.logit_scale.detach().exp()) if hasattr(clip_model, "logit_scale") else 100.0
-        return cls(weight.T, None, names, logit_scale=logit_scale, normalize=True)
+        return cls(weight.T, None, names, logit_scale=logit_scale, normalize=True, activation=activation)
+
+
+def head_metadata(path: Path) -> dict:
+    """``classnames`` (list) and ``activation`` recorded in a safetensors head file's metadata ({} if none)."""
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"governor.head.path: cannot read head file {path}: {e}") from e
+    out: dict = {}
+    if meta.get("activation"):
+        out["activation"] = meta["activation"]
+    if meta.get("classnames"):
+        try:
+            names = json.loads(meta["classnames"])
+        except ValueError as e:
+            raise ConfigError(f"governor.head.path: {path} has unreadable classnames metadata") from e
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"governor.head.path: {path} classnames metadata is not a list of names")
+        out["classnames"] = names
+    return out
 
 
 def _load_linear(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:

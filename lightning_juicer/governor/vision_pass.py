@@ -101,7 +101,7 @@ class HeadConfig:
     kind: str = "auto"
     path: str | None = None
     classnames: Any = None
-    activation: str = "softmax"
+    activation: str | None = None  # None: the one the governor folder / head file records (refused if none)
 
 
 @dataclass
@@ -189,7 +189,7 @@ def _head(cfg: GovernorConfig, model: nn.Module, scorer: PatchScorer) -> ClassHe
     if not cfg.name.startswith("open_clip:"):
         raise ConfigError("governor.head.kind: zero_shot heads need an open_clip governor (open_clip:<model>)")
     tokenizer = open_clip.get_tokenizer(cfg.name[len("open_clip:") :])
-    return ClassHead.zero_shot(model, tokenizer, classnames)
+    return ClassHead.zero_shot(model, tokenizer, classnames, activation=head.activation)
 
 
 def load_pass_governor(cfg: VisionPassConfig) -> Governor:
