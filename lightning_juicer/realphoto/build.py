@@ -8,8 +8,9 @@ train/{00000..N}.tar            <key>.jpg + <key>.txt (noisy caption) + <key>.js
 val/{00000..M}.tar              the same from Fashion-MNIST test items (validation loss)
 eval/zeroshot/<class>/*.png     unmodified Fashion-MNIST test items (resized only); classnames.txt, templates.txt
 eval/retrieval/images/*.jpg     test-item composites; karpathy_test.json (5 clean captions each), objects.json (masks)
-head/train/<class|none>/*.jpg   one-item composites per class and item-free photo crops, for fitting an evidence head
-head/val/<class|none>/*.jpg     the same, other items and crops (held out); classnames.txt in both
+head/train/<class|none>/*.jpg   one-item composites per class (folder = class name, e.g. 'ankle boot') and
+                                item-free photo crops (none), for fitting an evidence head
+head/val/<class|none>/*.jpg     the same, other items and crops (held out)
 ```
 """
 
@@ -161,7 +162,7 @@ def _generate(cfg: RealPhotoConfig, photos: tuple[str, ...], out: Path) -> None:
         "photos": list(photos),
         "classes": [{"label": c.label, "name": c.name, "folder": c.slug, "synonyms": list(c.synonyms)}
                     for c in FASHION_CLASSES],
-        "head_classes": sorted([c.slug for c in FASHION_CLASSES] + [NONE_CLASS]),
+        "head_classes": sorted([c.name for c in FASHION_CLASSES] + [NONE_CLASS]),
         "zeroshot_templates": list(ZEROSHOT_TEMPLATES),
         "noise_kinds": list(NOISE_KINDS),
     }

@@ -183,12 +183,14 @@ def write_head_folder(composer: Composer, split: str, items: dict[int, list[int]
                       out_dir: Path) -> int:
     """ImageFolder for fitting an evidence head: one-item composites per class plus ``none`` (photo crops only).
 
-    Uses items[c][start:start + count] of every class; ``none`` gets count crops with nothing pasted.
+    Folders are the class names themselves (``ankle boot``, ``t-shirt``, ...: a head fitted on the
+    folder names emits evidence a caption can use) and ``none``. Uses items[c][start:start + count]
+    of every class; ``none`` gets count crops with nothing pasted.
     """
     labels = load_fashion_mnist(composer.fashion_mnist_dir, "train")[1]
     written = 0
     for c, cls in enumerate(FASHION_CLASSES):
-        folder = out_dir / cls.slug
+        folder = out_dir / cls.name
         folder.mkdir(parents=True, exist_ok=True)
         for index in items[c][start:start + count]:
             rng = composer.rng(split, index)
@@ -204,6 +206,4 @@ def write_head_folder(composer: Composer, split: str, items: dict[int, list[int]
         image, _ = photo_crop(rng, photo, composer.image_size)
         (folder / f"none_{i:05d}.jpg").write_bytes(jpeg_bytes(image, composer.jpeg_quality))
         written += 1
-    names = sorted([(cls.slug, cls.name) for cls in FASHION_CLASSES] + [(NONE_CLASS, NONE_CLASS)])
-    (out_dir / "classnames.txt").write_text("".join(name + "\n" for _, name in names), encoding="utf-8")
     return written
