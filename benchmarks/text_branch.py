@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=300, help="real-photo captions sent through SmolLM2")
     parser.add_argument("--sidecar-dir", help="vision sidecars of the real-photo shards (evidence from a fitted head)")
     parser.add_argument("--out", help="real-photo mode: markdown report path (JSON next to it)")
+    parser.add_argument("--revalidate", help="real-photo mode: a report's JSON; validate its saved raw answers again "
+                                             "with the current code (no model run) and rewrite the report")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.real_root:
@@ -193,22 +195,38 @@ def run_real(args: argparse.Namespace) -> None:
     def named(text: str) -> set[str]:  # the benchmark's own synonym matcher ('a tee' names t-shirt)
         return {FASHION_CLASSES[c].name for c in named_classes(text)}
 
+    saved = json.loads(Path(args.revalidate).read_text()) if args.revalidate else None
+    if saved:  # the same captions as the saved run, answered as saved
+        raws = {i["key"]: i["raw"] for i in saved["items"]}
+        items = [i for i in items if i.key in raws]
     rules_items = [Rewrite(i.key, i.original, i.evidence, i.truth) for i in items]
     rules = RulesBackend(Vocabulary.from_captions(i.original for i in items), RulesConfig(), "benchmark")
     run_rewrites(rules_items, rules.rewrite, validator, classnames, args.batch_size)
     start = time.perf_counter()
-    backend = TransformersBackend(TransformersConfig(**SMOL), prompts)
-    load = time.perf_counter() - start
-    start = time.perf_counter()
+    if saved:
+        def answer(requests: list[Request]) -> list[str]:
+            return [raws[by_request[(r.caption, str(r.evidence))]] or "" for r in requests]
+
+        by_request = {(i.original, str(i.evidence)): i.key for i in items}
+        load, seconds = saved["meta"]["load_seconds"], saved["meta"]["seconds"]
+        args.batch_size, args.threads = saved["meta"]["batch_size"], saved["meta"]["threads"]
+        run_rewrites(items, answer, validator, classnames, args.batch_size)
+    else:
+        backend = TransformersBackend(TransformersConfig(**SMOL), prompts)
+        load = time.perf_counter() - start
+        start = time.perf_counter()
 
     def write(_: int) -> str:
         """The report over the captions done so far (all of them at the end), written to --out."""
-        seconds = time.perf_counter() - start
+        seconds = saved["meta"]["seconds"] if saved else time.perf_counter() - start
         # in order: every item up to the last one sent is done (input fallbacks are decided at once)
         cut = max((n + 1 for n, i in enumerate(items) if i.raw is not None), default=0)
         done = items if all(i.status for i in items) else items[:cut]
         sent = sum(i.raw is not None for i in done)
-        meta = {"command": "python " + " ".join(sys.argv), "batch_size": args.batch_size, "threads": args.threads,
+        command = "python " + " ".join(sys.argv)
+        if saved:
+            command = f"{saved['meta']['command']}`, answers validated again by `{command}"
+        meta = {"command": command, "batch_size": args.batch_size, "threads": args.threads,
                 "evidence": (f"the vision sidecars in {args.sidecar_dir}" if args.sidecar_dir else
                              "the benchmark's ground-truth classes (confidence 1.00) as a stand-in for a fitted head"),
                 "captions_done": len(done), "captions_asked": len(items), "sent": sent, "seconds": seconds,
@@ -226,7 +244,8 @@ def run_real(args: argparse.Namespace) -> None:
         print(f"{len(done)} captions done, {sent} sent, {seconds:.0f} s", flush=True)
         return report
 
-    run_rewrites(items, backend.rewrite, validator, classnames, args.batch_size, on_batch=write)
+    if not saved:
+        run_rewrites(items, backend.rewrite, validator, classnames, args.batch_size, on_batch=write)
     print(write(sum(i.raw is not None for i in items)))
 
 

@@ -139,8 +139,16 @@ def _covered(word: str, known: set[str], known_stems: set[str]) -> bool:
 
 
 def class_names(name: str) -> list[list[str]]:
-    """The word stems of each synonym of a class name ('T-shirt/top' -> [['t', 'shirt'], ['top']])."""
-    return [[stem(w) for w in words(part)] for part in re.split(r"[/,;|]", name) if words(part)]
+    """The word stems of each synonym of a class name, also written as one word
+    ('T-shirt/top' -> [['t', 'shirt'], ['tshirt'], ['top']])."""
+    out = []
+    for part in re.split(r"[/,;|]", name):
+        tokens = words(part)
+        if tokens:
+            out.append([stem(w) for w in tokens])
+            if len(tokens) > 1:
+                out.append([stem("".join(tokens))])
+    return out
 
 
 def mention_spans(text_stems: Sequence[str], name: str) -> list[tuple[int, int]]:
@@ -157,10 +165,11 @@ def mentioned(text_stems: Sequence[str], name: str) -> bool:
     return bool(mention_spans(text_stems, name))
 
 
-def _misspelt(text_stems: Sequence[str], name: str) -> bool:
-    """Whether the text names the class with a typo: each word as written or, from 4 letters, one edit away."""
+def _misspelt(text_stems: Sequence[str], name: str, exact: set[str] = frozenset()) -> bool:
+    """Whether the text names the class with a typo: each word as written or, from 4 letters, one edit away
+    (a word in ``exact``, the exact name of some class, is that class and no typo: 'tshirt' is not 'shirt')."""
     def same(word: str, target: str) -> bool:
-        return word == target or (len(target) >= 4 and word in Vocabulary.edits(target))
+        return word == target or (len(target) >= 4 and word not in exact and word in Vocabulary.edits(target))
 
     for target in class_names(name):
         n = len(target)
@@ -175,7 +184,9 @@ def invented_classes(original: str, caption: str, evidence: Sequence[str], class
     A mention inside a longer allowed one does not count ('shirt' inside an allowed 't-shirt').
     """
     out_stems, orig_stems = _stems(caption), _stems(original)
-    allowed = [c for c in classnames if c in evidence or mentioned(orig_stems, c) or _misspelt(orig_stems, c)]
+    classnames = list(classnames)
+    exact = {w for c in classnames for target in class_names(c) if len(target) == 1 for w in target}
+    allowed = [c for c in classnames if c in evidence or mentioned(orig_stems, c) or _misspelt(orig_stems, c, exact)]
     covered = [span for c in allowed for span in mention_spans(out_stems, c)]
     invented = []
     for name in set(classnames) - set(allowed):
