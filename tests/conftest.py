@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
+from lightning_juicer.realphoto.sources import DEFAULT_FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -47,6 +48,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+REAL_PHOTOS_SKIP = None
+try:
+    import skimage.data  # noqa: F401
+except ImportError:
+    REAL_PHOTOS_SKIP = "scikit-image is not installed (pip install -e '.[real]')"
+if REAL_PHOTOS_SKIP is None and not Path(DEFAULT_FASHION_MNIST).is_dir():
+    REAL_PHOTOS_SKIP = "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+
+
+def tiny_real_photos_config(root: Path, **overrides):
+    """A small real-photo benchmark config (96 px; tens of images per split) for tests."""
+    from lightning_juicer.realphoto import RealPhotoConfig
+
+    sizes = dict(image_size=96, num_train=80, samples_per_shard=40, num_val=12, zeroshot_per_class=3,
+                 num_retrieval=10, head_train_per_class=3, head_val_per_class=2)
+    return RealPhotoConfig(root=str(root), **{**sizes, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_real_photos(tmp_path_factory):
+    """A small real-photo benchmark (lightning_juicer.realphoto); skips where scikit-image or Fashion-MNIST is absent."""
+    if REAL_PHOTOS_SKIP:
+        pytest.skip(REAL_PHOTOS_SKIP)
+    from lightning_juicer.realphoto import build_real_photos
+
+    return build_real_photos(tiny_real_photos_config(tmp_path_factory.mktemp("real_photos") / "data"))
 
 
 @pytest.fixture(scope="session")

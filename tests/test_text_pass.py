@@ -3,11 +3,13 @@ input), training on juiced captions, and the rules backend's repair rate on the 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +29,7 @@ from lightning_juicer.text.backends import ConcatBackend, TransformersBackend, T
 from lightning_juicer.text.prompts import PromptConfig, Request, build_messages
 from lightning_juicer.text.repairs import repair_counts, repair_rates, synthetic_records
 from lightning_juicer.text.rules import RulesConfig, RulesRepair, Vocabulary, words
-from lightning_juicer.text.text_pass import TextShardData, plan_shards, run_text_pass, to_config
+from lightning_juicer.text.text_pass import TextShardData, plan_shards, run_text_pass, shard_captions, to_config
 from lightning_juicer.text.tiny_llm import save_tiny_chat_llm
 from lightning_juicer.text.validation import ValidationConfig, Validator, clean_output
 from preprocess.text_pass import main as text_pass_main
@@ -210,9 +212,10 @@ def test_bad_input_and_rejected_outputs_fall_back_to_the_original_and_are_counte
     record = manifest["shards"][0]
     assert record["status"] == "written" and record["in"] == 8
     assert record["rewritten"] == 1 and record["unchanged"] == 1
-    assert record["fallback"] == {"empty_input": 1, "input_too_long": 1, "lost_content": 1, "refusal": 1}
+    # the hostile caption carries instructions: not sent (no rewrite obeying it can exist), original kept
+    assert record["fallback"] == {"empty_input": 1, "input_injection": 1, "input_too_long": 1, "refusal": 1}
     assert record["skipped"] == {"bad_caption_encoding": 1, "no_caption": 1, "no_sidecar_entry": 1}
-    assert manifest["totals"]["fallback"] == record["fallback"] and manifest["run"]["samples_scored"] == 4
+    assert manifest["totals"]["fallback"] == record["fallback"] and manifest["run"]["samples_scored"] == 3
     table = read_sidecar(sidecar_path(shard, side))
     assert table["k0"].caption == "A RED STRA" and table["k7"].caption == "keep me"
     assert table["k1"].caption == HOSTILE and table["k2"].caption == "please refuse this"
@@ -220,6 +223,73 @@ def test_bad_input_and_rejected_outputs_fall_back_to_the_original_and_are_counte
     assert table["k4"].caption.startswith("word word")
     assert [r.evidence for r in backend.seen][0] == [("circle", pytest.approx(0.9))]
     assert table.extra["counts"] == {"in": 9} and table.extra["text"]["settings"]["backend"] == "fake"
+
+
+def test_keys_are_split_as_webdataset_splits_them(tmp_path):
+    """``dir.v1/k`` and ``../x`` are keys (extension after the last path component's first dot), not no_caption;
+    a member without a key is counted."""
+    shard = tmp_path / "keys.tar"
+    members = {"dir.v1/k.txt": b"a dog on the beach", "dir.v1/k.jpg": b"x", "../x.TXT": b"a cat on a mat",
+               "../x.jpg": b"x", "..": b"x", "plain.txt": b"a red star", "plain.jpg": b"x"}
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    captions = shard_captions(str(shard))
+    assert captions.captions == {"dir.v1/k": b"a dog on the beach", "../x": b"a cat on a mat", "plain": b"a red star"}
+    assert captions.bad_keys == 1 and captions.error is None
+    keys = ["dir.v1/k", "../x", "plain"]
+    rows = SidecarRows(keys, np.zeros((3, 4)), (2, 2), [["circle"]] * 3, np.full((3, 1), 0.9, np.float32))
+    write_sidecar(sidecar_path(str(shard), tmp_path / "side"), rows, "gov", {"threshold": 0.7, "max_classes": 3})
+    manifest = run_text_pass(_cfg(str(shard), tmp_path / "side", backend={"name": "concat"}))
+    record = manifest["shards"][0]
+    assert record["rewritten"] == 3 and record["skipped"] == {"bad_key": 1} and record["fallback"] == {}
+    assert record["evidence_added"] == {"circle": 3}
+    table = read_sidecar(sidecar_path(str(shard), tmp_path / "side"))
+    assert table["dir.v1/k"].caption == "a dog on the beach, circle" and table["../x"].caption == "a cat on a mat, circle"
+
+
+class AddObjectBackend:
+    """Appends a circle to even captions and a ring to odd ones, recording the evidence it was given."""
+
+    name = "add-object"
+    module = None
+    settings = {"version": 1}
+
+    def __init__(self) -> None:
+        self.seen: list[Request] = []
+
+    def rewrite(self, requests):
+        self.seen += requests
+        return [f"{r.caption} with a {'ring' if 'odd' in r.caption else 'circle'}" for r in requests]
+
+
+def test_rewrites_adding_an_object_outside_the_evidence_are_rejected_and_max_classes_0_switches_evidence_off(
+        tmp_path):
+    shard = tmp_path / "objects.tar"
+    captions = ["a red star on grey", "an odd red star on grey"] * 2
+    with wds.TarWriter(str(shard)) as sink:
+        for i, caption in enumerate(captions):
+            sink.write({"__key__": f"k{i}", "jpg": b"x", "txt": caption.encode()})
+    rows = SidecarRows([f"k{i}" for i in range(4)], np.zeros((4, 4)), (2, 2), [["circle", "star", "ring"]] * 4,
+                       np.tile(np.float32([0.9, 0.5, 0.3]), (4, 1)))
+    write_sidecar(sidecar_path(str(shard), tmp_path / "side"), rows, "gov", {"threshold": 0.7, "max_classes": 3})
+    backend = AddObjectBackend()
+    record = run_text_pass(_cfg(str(shard), tmp_path / "side", output_dir=str(tmp_path / "on")),
+                           backend=backend)["shards"][0]
+    assert [r.evidence for r in backend.seen] == [[("circle", pytest.approx(0.9))]] * 4
+    # the ring is in the head's vocabulary (the classes the sidecar stores) but not in the evidence: rejected
+    assert record["rewritten"] == 2 and record["fallback"] == {"invented_object": 2}
+    assert record["evidence_added"] == {"circle": 2}
+    table = read_sidecar(sidecar_path(str(shard), tmp_path / "on"))
+    assert table["k0"].caption == "a red star on grey with a circle" and table["k1"].caption == captions[1]
+    # the off switch: no evidence is offered, so nothing may be added
+    backend = AddObjectBackend()
+    record = run_text_pass(_cfg(str(shard), tmp_path / "side", output_dir=str(tmp_path / "off"), max_classes=0),
+                           backend=backend)["shards"][0]
+    assert [r.evidence for r in backend.seen] == [[]] * 4
+    assert record["rewritten"] == 0 and record["fallback"] == {"invented_object": 4}
 
 
 def test_killed_pass_resumes_skips_finished_shards_and_refuses_other_settings(tiny_synthetic, vision, tmp_path,

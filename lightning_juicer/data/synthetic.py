@@ -8,13 +8,11 @@ retrieval split with five clean captions per image.
 from __future__ import annotations
 
 import colorsys
-import io
 import json
 import math
 import os
 import re
 import shutil
-import tarfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lightning_juicer.data.writers import decode_mask, encode_mask  # noqa: F401 - the masks' encoding, re-exported
+from lightning_juicer.data.writers import jpeg_bytes, shard_pattern, write_json
+from lightning_juicer.data.writers import write_shards as write_shards_of
 from lightning_juicer.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -355,29 +356,6 @@ def object_fraction(objects: Sequence[dict]) -> float:
     return float(union.mean())
 
 
-# --------------------------------------------------------------------------------- RLE
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """Row-major run-length encoding {"size": [h, w], "counts": [...]}, starting with a run of zeros."""
-    mask = np.asarray(mask, dtype=bool)
-    flat = mask.reshape(-1)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
-
-
-def decode_mask(rle: dict) -> np.ndarray:
-    """Decode a row-major run-length encoding into a bool mask."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape(h, w)
-
-
 # ----------------------------------------------------------------------------- captions
 
 
@@ -558,13 +536,6 @@ def _sample_rng(seed: int, split: str, *index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], *index])
 
 
-def _jpeg(image: Image.Image, quality: int) -> bytes:
-    """Deterministic JPEG bytes."""
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def make_web_sample(cfg: SyntheticConfig, split: str, index: int, key: str) -> dict[str, bytes]:
     """One webdataset sample ({ext: bytes}) with a noisy caption and metadata."""
     rng = _sample_rng(cfg.seed, split, index)
@@ -584,55 +555,16 @@ def make_web_sample(cfg: SyntheticConfig, split: str, index: int, key: str) -> d
         "object_fraction": object_fraction(objects),
     }
     return {
-        "jpg": _jpeg(image, cfg.jpeg_quality),
+        "jpg": jpeg_bytes(image, cfg.jpeg_quality),
         "txt": noisy.encode("utf-8"),
         "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
     }
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add a member with fixed metadata so archives are byte-reproducible."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON with sorted keys."""
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _num_shards(count: int, per_shard: int) -> int:
-    """Number of shards needed for count samples."""
-    return max(1, math.ceil(count / per_shard))
-
-
 def write_shards(cfg: SyntheticConfig, split: str, count: int, out_dir: Path) -> int:
     """Write img2dataset-style shards, sizes.json and *_stats.json; returns the shard count."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per = max(1, cfg.samples_per_shard)
-    n_shards = _num_shards(count, per)
-    sizes: dict[str, int] = {}
-    for shard in range(n_shards):
-        start, stop = shard * per, min(count, (shard + 1) * per)
-        name = f"{shard:05d}"
-        members: list[tuple[str, bytes]] = []
-        for i in range(stop - start):
-            key = f"{shard * 10**4 + i:09d}"
-            for ext, data in make_web_sample(cfg, split, start + i, key).items():
-                members.append((f"{key}.{ext}", data))
-        with tarfile.open(out_dir / f"{name}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-            for member, data in sorted(members):
-                _add_bytes(tar, member, data)
-        sizes[f"{name}.tar"] = stop - start
-        stats = {"count": stop - start, "successes": stop - start, "failed_to_download": 0, "failed_to_resize": 0}
-        _write_json(out_dir / f"{name}_stats.json", stats)
-    _write_json(out_dir / "sizes.json", sizes)
-    return n_shards
+    return write_shards_of(out_dir, count, cfg.samples_per_shard,
+                           lambda index, key: make_web_sample(cfg, split, index, key))
 
 
 def write_zeroshot(cfg: SyntheticConfig, out_dir: Path) -> int:
@@ -645,7 +577,7 @@ def write_zeroshot(cfg: SyntheticConfig, out_dir: Path) -> int:
         for i in range(cfg.eval_per_class):
             rng = _sample_rng(cfg.seed, "zeroshot", c, i)
             image, _ = render_scene(rng, cfg.image_size, 1, shapes=[name])
-            (cls_dir / f"{name}_{i:04d}.jpg").write_bytes(_jpeg(image, cfg.jpeg_quality))
+            (cls_dir / f"{name}_{i:04d}.jpg").write_bytes(jpeg_bytes(image, cfg.jpeg_quality))
     (out_dir / "classnames.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
     return len(classes) * cfg.eval_per_class
 
@@ -675,13 +607,13 @@ def write_retrieval(cfg: SyntheticConfig, out_dir: Path) -> int:
         rng = _sample_rng(cfg.seed, "retrieval", i)
         image, objects = render_scene(rng, cfg.image_size, int(rng.integers(1, cfg.max_objects + 1)))
         filename = f"{i:05d}.jpg"
-        (img_dir / filename).write_bytes(_jpeg(image, cfg.jpeg_quality))
+        (img_dir / filename).write_bytes(jpeg_bytes(image, cfg.jpeg_quality))
         caps = _distinct_captions(objects, rng, image.info.get("background"))
         sentids = [i * 5 + j for j in range(5)]
         sentences = [{"raw": c, "tokens": _tokens(c), "imgid": i, "sentid": s} for c, s in zip(caps, sentids)]
         images.append({"filepath": "images", "filename": filename, "imgid": i, "split": "test",
                        "sentids": sentids, "sentences": sentences})
-    _write_json(out_dir / "karpathy_test.json", {"dataset": "synthetic", "images": images})
+    write_json(out_dir / "karpathy_test.json", {"dataset": "synthetic", "images": images})
     return cfg.num_retrieval
 
 
@@ -691,11 +623,6 @@ def write_retrieval(cfg: SyntheticConfig, out_dir: Path) -> int:
 def is_generated(root: str | Path) -> bool:
     """True iff root holds a completed dataset (the dataset.json marker exists)."""
     return (Path(root) / MARKER).is_file()
-
-
-def _brace(directory: Path, n_shards: int) -> str:
-    """Brace pattern covering shards 0..n_shards-1."""
-    return str(directory / f"{{00000..{n_shards - 1:05d}}}.tar")
 
 
 def synthetic_paths(root: str | Path) -> SyntheticPaths:
@@ -708,8 +635,8 @@ def synthetic_paths(root: str | Path) -> SyntheticPaths:
     retrieval = root / "eval" / "retrieval"
     return SyntheticPaths(
         root=root,
-        train_shards=_brace(root / "train", counts["train_shards"]),
-        val_shards=_brace(root / "val", counts["val_shards"]),
+        train_shards=shard_pattern(root / "train", counts["train_shards"]),
+        val_shards=shard_pattern(root / "val", counts["val_shards"]),
         zeroshot_dir=zeroshot,
         classnames_file=zeroshot / "classnames.txt",
         retrieval_images=retrieval / "images",
@@ -736,7 +663,7 @@ def _generate(cfg: SyntheticConfig, out: Path) -> None:
         "background_kinds": list(BACKGROUND_KINDS),
         "noise_types": list(NOISE_TYPES),
     }
-    _write_json(out / MARKER, marker)
+    write_json(out / MARKER, marker)
 
 
 def prepare_synthetic(cfg: SyntheticConfig) -> SyntheticPaths:

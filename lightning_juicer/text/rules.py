@@ -11,12 +11,16 @@ word itself is not frequent (``keep_count``). Candidates come from the simplest 
 undoubled letter or swapped neighbours, then a dropped or added letter, then a replaced one); the most
 frequent word of the first tier that has any wins. Web typos are rare and scattered over many
 forms, while the words they come from are frequent, so both tests find them; plurals of known words
-are kept.
+are kept. A word of the **dictionary** (``dictionary``: a word list, one word per line; ``auto`` is the
+system's ``/usr/share/dict/words``, e.g. Debian's ``wamerican``) is never corrected, however much more
+frequent a neighbour is in the corpus: a frequent typo ("ver") must not replace a real word ("very").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 import unicodedata
 from collections import Counter
@@ -24,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.sidecar import atomic_write
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
@@ -34,6 +39,8 @@ _CAMERA = re.compile(r"\b(?:IMG|DSC|DSCN|DCIM|PIC|P)_?\d{3,}\b", re.IGNORECASE)
 _HASHTAG = re.compile(r"(?<!\w)#\w+")
 _PUNCT = ".,;:!?"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+SYSTEM_DICTIONARY = Path("/usr/share/dict/words")
+log = logging.getLogger(__name__)
 DEFAULT_JUNK_PHRASES = ("click here", "stock photo", "free download", "best price", "buy now", "royalty free")
 
 
@@ -53,6 +60,23 @@ class RulesConfig:
     keep_count: int = 100
     junk_phrases: list[str] = field(default_factory=lambda: list(DEFAULT_JUNK_PHRASES))
     evidence_phrase: str = "with {objects}"
+    dictionary: str | None = "auto"
+
+
+def load_dictionary(spec: str | None) -> tuple[frozenset[str], str | None]:
+    """Lower-case words of a word list (``auto``: the system's, when installed; null: none) and its id."""
+    if spec is None or spec == "none":
+        return frozenset(), None
+    path = SYSTEM_DICTIONARY if spec == "auto" else Path(spec)
+    if not path.is_file():
+        if spec == "auto":
+            log.warning("rules: no system word list at %s (apt-get install wamerican): dictionary words are "
+                        "not protected from correction", path)
+            return frozenset(), None
+        raise ConfigError(f"backend.rules.dictionary: {spec} not found")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    found = frozenset(w.lower() for w in re.findall(r"^[A-Za-z]+$", text, re.MULTILINE))
+    return found, f"{path.name}:{hashlib.sha1(' '.join(sorted(found)).encode()).hexdigest()[:12]}"
 
 
 class Vocabulary:
@@ -111,10 +135,13 @@ class Vocabulary:
         """Every string one Damerau edit away from ``word``."""
         return set().union(*cls.edit_tiers(word))
 
-    def correct(self, word: str, min_count: int, ratio: float, keep_count: int) -> str:
-        """The lower-case correction of a lower-case word (the word itself when it needs none)."""
+    def correct(self, word: str, min_count: int, ratio: float, keep_count: int,
+                dictionary: frozenset[str] | set[str] = frozenset()) -> str:
+        """The lower-case correction of a lower-case word (the word itself when it needs none).
+
+        A dictionary word is never corrected."""
         own = self.counts.get(word, 0)
-        if own >= keep_count:
+        if own >= keep_count or word in dictionary:
             return word
         if word.endswith("s") and not word.endswith("ss") and self.counts.get(word[:-1], 0) >= min_count:
             return word  # the plural of a known word
@@ -196,9 +223,10 @@ def evidence_phrase(names: Sequence[str], template: str) -> str:
 class RulesRepair:
     """Deterministic repair of one caption with the vocabulary and the evidence classes."""
 
-    def __init__(self, vocab: Vocabulary, cfg: RulesConfig) -> None:
+    def __init__(self, vocab: Vocabulary, cfg: RulesConfig, dictionary: frozenset[str] = frozenset()) -> None:
         self.vocab = vocab
         self.cfg = cfg
+        self.dictionary = dictionary
 
     def spell(self, text: str) -> str:
         """Correct every word against the vocabulary, keeping its case."""
@@ -206,7 +234,7 @@ class RulesRepair:
 
         def fix(match: re.Match) -> str:
             word = match.group(0)
-            new = self.vocab.correct(word.lower(), cfg.min_count, cfg.ratio, cfg.keep_count)
+            new = self.vocab.correct(word.lower(), cfg.min_count, cfg.ratio, cfg.keep_count, self.dictionary)
             return word if new == word.lower() else _match_case(new, word)
 
         return _WORD.sub(fix, text)

@@ -15,8 +15,13 @@ other text settings is refused (``on_mismatch=error``) or recomputed (``overwrit
 
 **Counts per shard.** ``rewritten`` (accepted and different from the original), ``unchanged``,
 ``fallback`` by reason (the output was rejected, or the input was not sent: the original caption is
-stored) and ``skipped`` by reason (no usable caption: nothing stored, training uses the original,
-counted there). A shard without a vision sidecar, or that cannot be read to its end, ``failed``.
+stored; reasons in ``validation.py``), ``evidence_added`` (per class: evidence classes an accepted
+caption names that its original did not) and ``skipped`` by reason (no usable caption: nothing
+stored, training uses the original, counted there; ``bad_key``: a tar member without a webdataset
+key). A shard without a vision sidecar, or that cannot be read to its end, ``failed``.
+
+**Class vocabulary.** ``invented_object`` needs the evidence head's classes: ``validation.classnames``,
+else the vision sidecars' ``head.classnames`` setting, else every class the shard's sidecar stores.
 """
 
 from __future__ import annotations
@@ -24,20 +29,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tarfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning as L
-import webdataset as wds
 from omegaconf import MISSING, DictConfig, OmegaConf
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
-from lightning_juicer.data.samples import CAPTION_EXTS
 from lightning_juicer.data.shards import expand_shards
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.sidecar import (
@@ -58,13 +60,19 @@ from lightning_juicer.governor.vision_pass import (
 from lightning_juicer.text.backends import Backend, BackendConfig, build_backend
 from lightning_juicer.text.prompts import PromptConfig, Request
 from lightning_juicer.text.rules import Vocabulary
-from lightning_juicer.text.validation import ValidationConfig, Validator
+from lightning_juicer.text.shard_captions import (  # noqa: F401  (SKIP_REASONS, shard_captions: re-exported)
+    SKIP_REASONS,
+    CaptionBatches,
+    TextJob,
+    corpus_vocabulary,
+    shard_captions,
+)
+from lightning_juicer.text.validation import ValidationConfig, Validator, evidence_woven
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "text_pass.manifest.json"
 VOCAB_NAME = "text_vocab.json"
-SKIP_REASONS = ("no_caption", "bad_caption_encoding", "no_sidecar_entry")
 
 
 @dataclass
@@ -88,16 +96,6 @@ class TextPassConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     progress: bool = True
-
-
-class TextJob(NamedTuple):
-    """One shard: position, URL, the sidecar written (``sidecar``), sample count, and the vision sidecar read."""
-
-    index: int
-    url: str
-    sidecar: Path
-    size: int | None
-    source: Path
 
 
 def to_config(cfg: TextPassConfig | DictConfig | Mapping[str, Any]) -> TextPassConfig:
@@ -132,37 +130,6 @@ def plan_shards(cfg: TextPassConfig) -> list[TextJob]:
         raise ConfigError(f"sidecar_dir: no vision sidecars found (looked for {jobs[0].source}); run "
                           "preprocess/vision_pass.py first or point sidecar_dir at its sidecars")
     return jobs
-
-
-def shard_captions(url: str) -> tuple[dict[str, bytes | None], str | None]:
-    """Caption bytes by key (None: no caption member) of one shard, and the read error if it broke."""
-    captions: dict[str, bytes | None] = {}
-    if Path(url).is_file():  # local tar: skip image bytes instead of reading them
-        try:
-            with tarfile.open(url) as tar:
-                for member in tar:
-                    key, _, ext = member.name.partition(".")
-                    captions.setdefault(key, None)
-                    if ext in CAPTION_EXTS and member.isfile():
-                        captions[key] = tar.extractfile(member).read()
-        except (tarfile.TarError, OSError) as e:
-            return captions, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-        return captions, None
-    errors: list[str] = []
-
-    def on_error(exn: Exception) -> bool:
-        errors.append(f"{type(exn).__name__}: {' '.join(str(exn).split())[:300]}")
-        return True
-
-    for sample in wds.tarfile_samples(iter([{"url": url}]), handler=on_error):
-        captions[str(sample["__key__"])] = next((sample[e] for e in CAPTION_EXTS if e in sample), None)
-    return captions, "; ".join(errors) or None
-
-
-def corpus_vocabulary(urls: list[str]) -> Vocabulary:
-    """Word counts of the captions of the given shards."""
-    texts = (data.decode("utf-8", "replace") for url in urls for data in shard_captions(url)[0].values() if data)
-    return Vocabulary.from_captions(texts)
 
 
 def load_vocabulary(cfg: TextPassConfig, jobs: list[TextJob]) -> tuple[Vocabulary, str]:
@@ -208,53 +175,6 @@ def finished_sidecar(job: TextJob, settings: dict[str, Any], on_mismatch: str) -
         raise ConfigError(message)
     log.warning("text pass: recomputing %s", job.sidecar)
     return None
-
-
-class CaptionBatches(IterableDataset):
-    """Whole shards per DataLoader worker: the sidecar's rows with captions and evidence, batched within the shard."""
-
-    def __init__(self, jobs: list[TextJob], batch_size: int, threshold: float | None, max_classes: int | None) -> None:
-        super().__init__()
-        self.jobs = jobs
-        self.batch_size = batch_size
-        self.threshold = threshold
-        self.max_classes = max_classes
-
-    def __iter__(self) -> Iterator[dict]:
-        for job in wds.split_by_worker(self.jobs):
-            yield from self.shard(job)
-
-    def shard(self, job: TextJob) -> Iterator[dict]:
-        """One shard as batches ``{shard, key, caption, evidence, last, counts, error}``."""
-        base = {"shard": job.index, "key": [], "caption": [], "evidence": [], "last": False, "counts": None}
-        if not job.source.is_file():
-            yield {**base, "last": True, "counts": {"in": 0, "skipped": {}}, "error": f"no vision sidecar {job.source}"}
-            return
-        table = read_sidecar(job.source)
-        captions, error = shard_captions(job.url)
-        threshold = self.threshold if self.threshold is not None else float(table.settings.get("threshold", 0.7))
-        max_classes = self.max_classes if self.max_classes is not None else int(table.settings.get("max_classes", 3))
-        skipped: Counter[str] = Counter()
-        skipped["no_sidecar_entry"] = sum(key not in table for key in captions)
-        batch = {**base, "key": [], "caption": [], "evidence": []}
-        for i, key in enumerate(table.keys):
-            data, text = captions.get(key), None
-            if data is None:
-                skipped["no_caption"] += 1
-            else:
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError:
-                    skipped["bad_caption_encoding"] += 1
-            entry = table.entry(i)
-            batch["key"].append(key)
-            batch["caption"].append(text)
-            batch["evidence"].append(entry.evidence(threshold, max_classes) if text is not None else [])
-            if len(batch["key"]) == self.batch_size and i < len(table) - 1:
-                yield {**batch, "error": None}
-                batch = {**base, "key": [], "caption": [], "evidence": []}
-        counts = {"in": len(table), "skipped": {k: v for k, v in sorted(skipped.items()) if v}}
-        yield {**batch, "last": True, "counts": counts, "error": error}
 
 
 class TextShardData(ShardData):
@@ -311,22 +231,28 @@ class TextPredictor(L.LightningModule):
         else:
             failed = False
         self.sent += len(requests)
+        woven: list[list[str]] = [[] for _ in captions]
         for i, request, output in zip(where, requests, outputs):
-            caption, reason = self.validator(request.caption, output)
+            names = [name for name, _ in request.evidence]
+            caption, reason = self.validator(request.caption, output, names, batch.get("classnames"))
             if failed:
-                reason = "backend_error"
+                caption, reason = request.caption, "backend_error"
             captions[i] = caption
             if reason is not None:
                 status[i] = f"fallback:{reason}"
+            elif caption == " ".join(request.caption.split()):
+                status[i] = "unchanged"
             else:
-                status[i] = "unchanged" if caption == " ".join(request.caption.split()) else "rewritten"
-        return {"caption": captions, "status": status}
+                status[i] = "rewritten"
+                woven[i] = evidence_woven(request.caption, caption, names)
+        return {"caption": captions, "status": status, "evidence_added": woven}
 
 
 class TextSidecarWriter(SidecarWriter):
     """Collects each shard's juiced captions and writes its sidecar atomically when the shard is complete."""
 
-    merge_options = {"numbers": ("rewritten", "unchanged"), "counters": ("fallback",), "rate": "captions_per_second"}
+    merge_options = {"numbers": ("rewritten", "unchanged"), "counters": ("fallback", "evidence_added"),
+                     "rate": "captions_per_second"}
 
     def __init__(self, jobs: list[TextJob], settings: dict[str, Any], manifest: Path, header: dict[str, Any]) -> None:
         super().__init__(jobs, None, manifest, header)  # type: ignore[arg-type]
@@ -339,19 +265,21 @@ class TextSidecarWriter(SidecarWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         """Add a batch to its shard; write the shard's sidecar when this is its last batch."""
         shard = self._open.setdefault(batch["shard"], {})
-        shard.update(zip(batch["key"], zip(prediction["caption"], prediction["status"])))
+        shard.update(zip(batch["key"], zip(prediction["caption"], prediction["status"], prediction["evidence_added"])))
         if batch["last"]:
             self._finish_text(self.jobs[batch["shard"]], self._open.pop(batch["shard"]), batch, pl_module,
                               trainer.global_rank)
 
     def _finish_text(self, job: TextJob, shard: dict, batch: dict, pl_module: TextPredictor, rank: int) -> None:
-        status = Counter(s for _, s in shard.values())
+        status = Counter(s for _, s, _ in shard.values())
+        added = Counter(name for _, _, names in shard.values() for name in names)
         counts = {
             "in": batch["counts"]["in"],
-            "written": sum(caption is not None for caption, _ in shard.values()),
+            "written": sum(caption is not None for caption, _, _ in shard.values()),
             "rewritten": status["rewritten"],
             "unchanged": status["unchanged"],
             "fallback": {s.split(":", 1)[1]: n for s, n in sorted(status.items()) if s.startswith("fallback:")},
+            "evidence_added": dict(sorted(added.items())),
             "skipped": batch["counts"]["skipped"],
         }
         if batch["error"]:
@@ -419,7 +347,8 @@ def run_text_pass(cfg: TextPassConfig | DictConfig | Mapping[str, Any], backend:
             **trainer_kwargs,
         }
     )
-    trainer.predict(TextPredictor(backend, Validator(cfg.validation)), datamodule=TextShardData(jobs, settings, cfg),
+    validator = Validator(cfg.validation, [cfg.prompts.system, cfg.prompts.evidence, cfg.prompts.no_evidence])
+    trainer.predict(TextPredictor(backend, validator), datamodule=TextShardData(jobs, settings, cfg),
                     return_predictions=False)
     if trainer.is_global_zero and manifest.is_file():
         return json.loads(manifest.read_text(encoding="utf-8"))

@@ -1,0 +1,138 @@
+"""Reading a shard for the text pass: its captions by webdataset key, and batches of captions with their evidence."""
+
+from __future__ import annotations
+
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import webdataset as wds
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import base_plus_ext
+
+from lightning_juicer.data.samples import CAPTION_EXTS
+from lightning_juicer.governor.sidecar import SidecarTable, read_sidecar
+from lightning_juicer.text.rules import Vocabulary
+
+SKIP_REASONS = ("no_caption", "bad_caption_encoding", "no_sidecar_entry", "bad_key")
+
+
+class TextJob(NamedTuple):
+    """One shard: position, URL, the sidecar written (``sidecar``), sample count, and the vision sidecar read."""
+
+    index: int
+    url: str
+    sidecar: Path
+    size: int | None
+    source: Path
+
+
+class ShardCaptions(NamedTuple):
+    """A shard's caption bytes by key (None: no caption member), member names without a key, the read error."""
+
+    captions: dict[str, bytes | None]
+    bad_keys: int
+    error: str | None
+
+
+def shard_captions(url: str) -> ShardCaptions:
+    """The caption bytes of one shard by key, and the read error if it broke.
+
+    Keys are split from member names as webdataset splits them (``base_plus_ext``: the extension
+    starts at the first dot of the last path component, so ``dir.v1/k.txt`` is key ``dir.v1/k`` and
+    ``../x.txt`` key ``../x``); a file member whose name has no key (``..``, ``x``) is counted.
+    """
+    captions: dict[str, bytes | None] = {}
+    bad_keys = 0
+    if Path(url).is_file():  # local tar: skip image bytes instead of reading them
+        try:
+            with tarfile.open(url) as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    key, ext = base_plus_ext(member.name)
+                    if key is None:
+                        bad_keys += 1
+                        continue
+                    captions.setdefault(key, None)
+                    if ext.lower() in CAPTION_EXTS:
+                        captions[key] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError) as e:
+            return ShardCaptions(captions, bad_keys, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        return ShardCaptions(captions, bad_keys, None)
+    errors: list[str] = []
+
+    def on_error(exn: Exception) -> bool:
+        errors.append(f"{type(exn).__name__}: {' '.join(str(exn).split())[:300]}")
+        return True
+
+    for sample in wds.tarfile_samples(iter([{"url": url}]), handler=on_error):
+        captions[str(sample["__key__"])] = next((sample[e] for e in CAPTION_EXTS if e in sample), None)
+    return ShardCaptions(captions, bad_keys, "; ".join(errors) or None)
+
+
+def corpus_vocabulary(urls: list[str]) -> Vocabulary:
+    """Word counts of the captions of the given shards."""
+    texts = (data.decode("utf-8", "replace") for url in urls for data in shard_captions(url).captions.values() if data)
+    return Vocabulary.from_captions(texts)
+
+
+def sidecar_classnames(table: SidecarTable) -> list[str]:
+    """The evidence head's class vocabulary: the sidecar's ``head.classnames`` setting when the vision pass
+    recorded it, else every class stored for any of the shard's samples (its top-k classes)."""
+    head = table.settings.get("head")
+    if isinstance(head, dict) and head.get("classnames"):
+        return [str(c) for c in head["classnames"]]
+    return sorted({c for classes in table.rows().classes for c in classes})
+
+
+class CaptionBatches(IterableDataset):
+    """Whole shards per DataLoader worker: the sidecar's rows with captions and evidence, batched within the shard."""
+
+    def __init__(self, jobs: list[TextJob], batch_size: int, threshold: float | None, max_classes: int | None) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self.batch_size = batch_size
+        self.threshold = threshold
+        self.max_classes = max_classes
+
+    def __iter__(self) -> Iterator[dict]:
+        for job in wds.split_by_worker(self.jobs):
+            yield from self.shard(job)
+
+    def shard(self, job: TextJob) -> Iterator[dict]:
+        """One shard as batches ``{shard, key, caption, evidence, last, counts, error}``."""
+        base = {"shard": job.index, "key": [], "caption": [], "evidence": [], "last": False, "counts": None,
+                "classnames": []}
+        if not job.source.is_file():
+            yield {**base, "last": True, "counts": {"in": 0, "skipped": {}}, "error": f"no vision sidecar {job.source}"}
+            return
+        table = read_sidecar(job.source)
+        captions, bad_keys, error = shard_captions(job.url)
+        base["classnames"] = sidecar_classnames(table)
+        threshold = self.threshold if self.threshold is not None else float(table.settings.get("threshold", 0.7))
+        max_classes = self.max_classes if self.max_classes is not None else int(table.settings.get("max_classes", 3))
+        skipped: Counter[str] = Counter()
+        skipped["no_sidecar_entry"] = sum(key not in table for key in captions)
+        skipped["bad_key"] = bad_keys
+        batch = {**base, "key": [], "caption": [], "evidence": []}
+        for i, key in enumerate(table.keys):
+            data, text = captions.get(key), None
+            if data is None:
+                skipped["no_caption"] += 1
+            else:
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    skipped["bad_caption_encoding"] += 1
+            entry = table.entry(i)
+            batch["key"].append(key)
+            batch["caption"].append(text)
+            batch["evidence"].append(entry.evidence(threshold, max_classes) if text is not None else [])
+            if len(batch["key"]) == self.batch_size and i < len(table) - 1:
+                yield {**batch, "error": None}
+                batch = {**base, "key": [], "caption": [], "evidence": []}
+        counts = {"in": len(table), "skipped": {k: v for k, v in sorted(skipped.items()) if v}}
+        yield {**batch, "last": True, "counts": counts, "error": error}
