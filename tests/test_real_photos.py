@@ -12,7 +12,6 @@ import numpy as np
 import open_clip
 import pytest
 from PIL import Image
-from scipy import ndimage
 
 from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.data.writers import decode_mask
@@ -22,7 +21,9 @@ from tests.conftest import REAL_PHOTOS_SKIP, tiny_real_photos_config
 
 pytestmark = pytest.mark.skipif(REAL_PHOTOS_SKIP is not None, reason=str(REAL_PHOTOS_SKIP))
 
-if REAL_PHOTOS_SKIP is None:
+if REAL_PHOTOS_SKIP is None:  # scikit-image (and its scipy) come with the real extra
+    from scipy import ndimage
+
     from lightning_juicer.realphoto import FASHION_CLASSES, build_real_photos, named_classes
     from lightning_juicer.realphoto.captions import NoiseRates, names_context, noisy_caption
     from lightning_juicer.realphoto.sources import DEFAULT_FASHION_MNIST, load_fashion_mnist

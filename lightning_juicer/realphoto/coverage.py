@@ -70,8 +70,9 @@ def governor_coverage(scorer: PatchScorer, shards: str, num_images: int | None =
     size, patch = tuple(scorer.image_size), tuple(scorer.patch_size)
     generator = torch.Generator().manual_seed(seed)
     kept_top = kept_random = object_patches = patches = images = 0
+    per_photo: dict[str, list[int]] = {}
 
-    def run(batch_images: list[np.ndarray], batch_fraction: list[np.ndarray]) -> None:
+    def run(batch_images: list[np.ndarray], batch_fraction: list[np.ndarray], photos: list[str]) -> None:
         nonlocal kept_top, kept_random, object_patches, patches, images
         out = scorer(to_tensor(np.stack(batch_images), scorer.mean, scorer.std))
         is_object = torch.from_numpy(np.stack(batch_fraction) >= object_threshold)
@@ -79,19 +80,24 @@ def governor_coverage(scorer: PatchScorer, shards: str, num_images: int | None =
             raise ValueError(f"scores {tuple(out.scores.shape)} do not match the grid of {size} / {patch}")
         n, m = is_object.shape
         k = keep_count(m, keep_ratio)
-        kept_top += int(is_object.gather(1, select_topk(out.scores, k)).sum())
+        top = is_object.gather(1, select_topk(out.scores, k)).sum(1)
+        for photo, kept, total in zip(photos, top.tolist(), is_object.sum(1).tolist()):
+            counts = per_photo.setdefault(photo, [0, 0])
+            counts[0], counts[1] = counts[0] + int(kept), counts[1] + int(total)
+        kept_top += int(top.sum())
         kept_random += int(is_object.gather(1, select_random(n, m, k, generator)).sum())
         object_patches += int(is_object.sum())
         patches += n * m
         images += n
 
-    pending: tuple[list, list] = ([], [])
+    pending: tuple[list, list, list] = ([], [], [])
     for _, image, meta in read_samples(shards, num_images):
         pending[0].append(np.asarray(image.resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8))
         pending[1].append(patch_object_fraction(meta, size, patch))
+        pending[2].append(meta["context"]["photo"])
         if len(pending[0]) == batch_size:
             run(*pending)
-            pending = ([], [])
+            pending = ([], [], [])
     if pending[0]:
         run(*pending)
     return {
@@ -102,6 +108,7 @@ def governor_coverage(scorer: PatchScorer, shards: str, num_images: int | None =
         "object_patch_share": object_patches / max(patches, 1),
         "coverage_topk": kept_top / max(object_patches, 1),
         "coverage_random": kept_random / max(object_patches, 1),
+        "coverage_topk_by_photo": {p: kept / max(total, 1) for p, (kept, total) in sorted(per_photo.items())},
     }
 
 
