@@ -40,8 +40,9 @@ class JuicerDataModule(L.LightningDataModule):
         synthetic: settings of the generated dataset used when no shards are given.
         batch_size: per-device batch size; the global batch is batch_size x devices x nodes.
         num_workers: DataLoader workers per rank.
-        sampling: ``disjoint`` (each rank/worker reads its own shards, cycled) or ``resampled``
-            (shards drawn with replacement, as open_clip's ``--dataset-resampled``).
+        sampling: ``disjoint`` (each rank/worker reads its own shards, one pass per epoch: every sample exactly
+            once when the sizes allow, see ``data/pipeline.py``) or ``resampled`` (shards drawn with
+            replacement, as open_clip's ``--dataset-resampled``; no coverage guarantee).
         shuffle_buffer: samples in the in-worker shuffle buffer (0 disables shuffling).
         selection: patch selection strategy for training: ``topk`` (the paper's), ``stratified``,
             ``random`` (Random*) or ``full``.
@@ -59,6 +60,7 @@ class JuicerDataModule(L.LightningDataModule):
         eval_keep_ratio: keep ratio used for validation/test batches (1.0 = full images).
         keep_list: a sieve's keep list (``preprocess/sieve.py``): training samples not on it are skipped and
             counted (``not_in_keep_list``); the epoch is the kept count unless ``train_num_samples`` is set.
+            Shards with nothing kept are not read; a list keeping nothing is refused.
         seed: base seed for shard order and shuffling.
     """
 

@@ -390,18 +390,13 @@ def read_embeddings(paths: list[str | Path]) -> EmbeddingSet:
         temperature = meta.get("temperature") if temperature is None else temperature
         rows = table.num_rows
         keys.extend(table.column("key").to_pylist())
-        # Files written before shard_url was recorded know only the shard's file name.
         shard_urls.append(meta.get("shard_url") or meta.get("shard") or Path(path).name)
         rows_per_file.append(rows)
         for name in names:
             column = table.column(name).combine_chunks()
             dim = column.type.list_size if rows else meta["dims"][name]
             parts.setdefault(name, []).append(column.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim))
-    if len(set(shard_urls)) < len(shard_urls):
-        twice = next(u for u in shard_urls if shard_urls.count(u) > 1)
-        raise ConfigError(f"embeddings: two embeddings files are of shard {twice}; rerun the embeddings pass "
-                          "(it records each shard's path) or sieve the folders separately")
-    ids = shard_ids(shard_urls)
+    ids = shard_ids(shard_urls, unique="embeddings")
     shards = [ident for ident, rows in zip(ids, rows_per_file) for _ in range(rows)]
     arrays = {name: np.concatenate(p).astype(np.float32) for name, p in parts.items()}
     return EmbeddingSet(keys, shards, arrays, temperature, [str(p) for p in paths])

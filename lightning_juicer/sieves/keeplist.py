@@ -117,12 +117,17 @@ def shard_path(url: str) -> str:
     return os.path.abspath(url)
 
 
-def shard_ids(urls: list[str]) -> list[str]:
+def shard_ids(urls: list[str], unique: str | None = None) -> list[str]:
     """Each shard's identity: its path relative to the deepest folder common to all ``urls`` ('/'-separated).
 
     Shards of one folder are named by file name alone (as format 1 lists were); ``a/00000.tar`` and
-    ``b/00000.tar`` keep their folder.
+    ``b/00000.tar`` keep their folder. With ``unique`` (a config key), a shard listed twice is a
+    ConfigError (embeddings files written before ``shard_url`` was recorded know only the file name).
     """
+    if unique and len(set(urls)) < len(urls):
+        twice = next(u for u in urls if urls.count(u) > 1)
+        raise ConfigError(f"{unique}: two embeddings files are of shard {twice}; rerun the embeddings pass "
+                          "(it records each shard's path) or sieve the folders separately")
     parts = [shard_path(url).replace("\\", "/").split("/") for url in urls]
     if not parts:
         return []
