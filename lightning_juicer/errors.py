@@ -3,3 +3,11 @@
 
 class ConfigError(ValueError):
     """Bad configuration or input, reported to the user as one line (no traceback)."""
+
+
+def rekeyed(error: ConfigError, prefix: str, full: str) -> ConfigError:
+    """The same error with the config keys under ``prefix`` named by their full path (``governor.`` ->
+    ``data.init_args.governor.``), for errors raised by code that knows only its own part of the config."""
+    import re
+
+    return ConfigError(re.sub(rf"(?<![\w.]){re.escape(prefix)}", full, str(error)))

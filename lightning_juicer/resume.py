@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
@@ -41,5 +43,30 @@ def continue_last_version(trainer: L.Trainer) -> Path | None:
         return None
     version, path = found
     logger._version = int(version[len("version_"):]) if re.fullmatch(r"version_\d+", version) else version
+    purge_duplicate_steps(logger, path)
     log.info("resuming %s, logging into %s", path, logger.log_dir)
     return path
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The first step a run resumed from this checkpoint logs at: its ``global_step``.
+
+    (The saved ``_batches_that_stepped`` is one lower when the checkpoint was written at a batch end,
+    before Lightning counted that batch.)
+    """
+    step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    return None if step is None else int(step)
+
+
+def purge_duplicate_steps(logger: object, path: str | Path) -> None:
+    """Make a TensorBoard logger discard the events the killed run logged after the checkpoint.
+
+    The run continues logging from the checkpoint's step into the same version, so the steps between
+    the checkpoint and the kill would appear twice. ``SummaryWriter(purge_step=s)`` writes a
+    ``SessionLog.START`` at ``s``, which TensorBoard's readers take as "drop earlier events at steps >= s".
+    """
+    if not isinstance(logger, TensorBoardLogger) or logger._experiment is not None:
+        return
+    step = checkpoint_step(path)
+    if step is not None:
+        logger._kwargs["purge_step"] = step

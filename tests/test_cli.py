@@ -60,6 +60,17 @@ def test_short_fit_through_the_cli_lowers_the_loss_and_logs_to_tensorboard(tmp_p
                      "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
     assert validate.trainer.callback_metrics["val/loss"] < loss[0]
 
+    # A checkpoint of another model config is refused in one line naming the keys, not silently adopted.
+    capsys.readouterr()
+    for override, named in ((["--model.init_args.lr", "1e-3"], "model.init_args.lr: checkpoint 0.002 vs config 0.001"),
+                            (["--model.init_args.model_config.embed_dim", "48"], "model.init_args.model_config")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(log_dir / "config.yaml"), *override,
+                  "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ckpt_path: ") and named in err and len(err.splitlines()) == 1, err
+
 
 def test_command_line_overrides_reach_the_objects(tmp_path, tiny_synthetic):
     args = fit_args(tmp_path, tiny_synthetic.root, "--data.init_args.keep_ratio", "0.25")[1:]  # no subcommand

@@ -136,6 +136,23 @@ def test_killed_run_resumes_inside_the_full_patch_phase(tmp_path, tiny_synthetic
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == MAX_STEPS
     resumed_lr = scalars(log_dir)["lr-AdamW/pg1"]
     assert resumed_lr[22] == pytest.approx(LR * factor(22) * MULT, rel=1e-5)
+    # Steps 20 and 21 were logged before the kill and again after the resume: TensorBoard must see each once.
+    assert logged_steps_read_as_tensorboard_does(log_dir, "train/loss") == list(range(MAX_STEPS))
+
+
+def logged_steps_read_as_tensorboard_does(log_dir: Path, tag: str) -> list[int]:
+    """Steps of ``tag`` in the raw event files, in order, applying TensorBoard's rule that a
+    ``SessionLog.START`` at step s discards the earlier events at steps >= s (what ``purge_step`` writes)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    steps: list[int] = []
+    for path in sorted(log_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                steps = [s for s in steps if s < event.step]
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return steps
 
 
 def test_phase_boundary_and_config_errors():

@@ -12,12 +12,12 @@ from lightning_juicer.data.drops import DropCounter, merge_drops
 from lightning_juicer.data.pipeline import SAMPLING_MODES, batches_per_epoch, build_loader
 from lightning_juicer.data.samples import CAPTION_SOURCES, BatchCollator, SampleDecoder
 from lightning_juicer.data.sidecars import SIDECAR_KEY, SidecarJoin
-from lightning_juicer.data.shards import count_samples, expand_shards
+from lightning_juicer.data.shards import count_samples, expand_shards, shard_sizes
 from lightning_juicer.data.spec import DataSpec
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
-from lightning_juicer.errors import ConfigError
+from lightning_juicer.errors import ConfigError, rekeyed
 from lightning_juicer.governor.loading import load_governor
-from lightning_juicer.governor.sidecar import check_sidecar, sidecar_path
+from lightning_juicer.governor.sidecar import check_sidecars, sidecar_path
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
 from lightning_juicer.governor.selection import ALL_STRATEGIES, FEATURE_STRATEGIES, GOVERNOR_STRATEGIES, SCORE_STRATEGIES
 from lightning_juicer.sieves.keeplist import KeepFilter, check_keep_list, read_keep_list
@@ -40,8 +40,9 @@ class JuicerDataModule(L.LightningDataModule):
         synthetic: settings of the generated dataset used when no shards are given.
         batch_size: per-device batch size; the global batch is batch_size x devices x nodes.
         num_workers: DataLoader workers per rank.
-        sampling: ``disjoint`` (each rank/worker reads its own shards, cycled) or ``resampled``
-            (shards drawn with replacement, as open_clip's ``--dataset-resampled``).
+        sampling: ``disjoint`` (each rank/worker reads its own shards, one pass per epoch: every sample exactly
+            once when the sizes allow, see ``data/pipeline.py``) or ``resampled`` (shards drawn with
+            replacement, as open_clip's ``--dataset-resampled``; no coverage guarantee).
         shuffle_buffer: samples in the in-worker shuffle buffer (0 disables shuffling).
         selection: patch selection strategy for training: ``topk`` (the paper's), ``stratified``,
             ``random`` (Random*) or ``full``.
@@ -59,6 +60,7 @@ class JuicerDataModule(L.LightningDataModule):
         eval_keep_ratio: keep ratio used for validation/test batches (1.0 = full images).
         keep_list: a sieve's keep list (``preprocess/sieve.py``): training samples not on it are skipped and
             counted (``not_in_keep_list``); the epoch is the kept count unless ``train_num_samples`` is set.
+            Shards with nothing kept are not read; a list keeping nothing is refused.
         seed: base seed for shard order and shuffling.
     """
 
@@ -159,10 +161,12 @@ class JuicerDataModule(L.LightningDataModule):
         if self.keep_list and self._keep is None:
             keep = read_keep_list(self.keep_list)
             kept = check_keep_list(keep, self.train_urls)
-            self._keep = KeepFilter(keep)
-            log.info("keep list %s (%s): %d training samples kept", self.keep_list, keep.info.get("sieve"), kept)
+            # Shards with nothing kept are not read at all (a worker of only such shards could make no batch).
+            self.train_urls = [url for url in self.train_urls if kept.get(url)]
+            self._keep = KeepFilter(kept)
+            log.info("keep list %s (%s): %d training samples kept", self.keep_list, keep.info.get("sieve"), len(self._keep))
             if self.train_num_samples is None:
-                self.train_num_samples = kept
+                self.train_num_samples = len(self._keep)
         if self.train_num_samples is None:
             self.train_num_samples = count_samples(self.train_urls)
             if self.train_num_samples is None:
@@ -178,7 +182,10 @@ class JuicerDataModule(L.LightningDataModule):
             self.data_spec = self.trainer.lightning_module.data_spec()
         if self.selects_on_the_fly and self.online_selector is None:
             spec = self.data_spec
-            scorer = load_governor(self.governor.name, self.governor.pretrained)
+            try:
+                scorer = load_governor(self.governor.name, self.governor.pretrained)
+            except ConfigError as e:
+                raise rekeyed(e, "governor.", "data.init_args.governor.") from e
             self.online_selector = OnlineSelector(
                 scorer, self.selection, self.keep_ratio, spec.grid, spec.mean, spec.std, self.governor.num_clusters
             )
@@ -197,11 +204,12 @@ class JuicerDataModule(L.LightningDataModule):
                 "(preprocess/vision_pass.py; and preprocess/text_pass.py for juiced captions) or set "
                 "data.init_args.scores on_the_fly and data.init_args.captions original"
             )
-        if self.selects_from_sidecars:
-            check_sidecar(present[0], governor=self.governor.name, key="data.init_args.governor.name")
-        if self.captions != "original" and "text" not in check_sidecar(present[0]).extra:
-            log.warning("sidecar %s has no juiced captions (run preprocess/text_pass.py); its samples train on "
-                        "their original captions", present[0])
+        governor = self.governor.name if self.selects_from_sidecars else None
+        infos = check_sidecars(present, governor=governor, key="data.init_args.governor.name")
+        untexted = [info.path for info in infos if "text" not in info.extra]
+        if self.captions != "original" and untexted:
+            log.warning("%d of %d sidecars have no juiced captions (run preprocess/text_pass.py), e.g. %s; their "
+                        "samples train on their original captions", len(untexted), len(infos), untexted[0])
         if len(present) < len(paths):
             log.warning("%d of %d shards have no sidecar; their samples follow missing_sidecar=%s",
                         len(paths) - len(present), len(paths), self.missing_sidecar)
@@ -235,6 +243,7 @@ class JuicerDataModule(L.LightningDataModule):
             collate=BatchCollator(spec.tokenizer, selection, keep_ratio, spec.grid, drops),
             join=SidecarJoin(self.sidecar_dir) if from_sidecars or juiced else None,
             keep=self._keep.counting(drops) if train and self._keep is not None else None,
+            sizes=self._shard_sizes(train),
             drops=drops,
             batch_size=self.batch_size,
             num_batches=batches_per_epoch(num_samples, self.batch_size, world_size, num_workers),
@@ -247,6 +256,13 @@ class JuicerDataModule(L.LightningDataModule):
             key=key,
             pin_memory=bool(self.trainer and self.trainer.strategy.root_device.type == "cuda"),
         )
+
+    def _shard_sizes(self, train: bool):
+        """Samples per shard URL for splitting batches over workers: kept counts with a keep list, else sizes.json."""
+        if train and self._keep is not None:
+            kept = self._keep.kept
+            return lambda url: len(kept.get(url, ()))
+        return shard_sizes(self.train_urls if train else self.val_urls).get
 
     def train_dataloader(self):
         """Training stream at the configured selection strategy and keep ratio."""

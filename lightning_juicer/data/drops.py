@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +21,15 @@ DROP_REASONS = (
     "no_sidecar_entry",
     "nonfinite_loss",  # a training batch skipped by models.guards (nonfinite_loss: skip)
     "not_in_keep_list",
+    "bad_key",  # tar members whose name has no key (``..``, ``.jpg``): no sample can be made of them
 )
 # Samples that are kept but whose patches were chosen at random instead of by the governor, or that
 # train on their original caption because the text pass left them none.
-FALLBACK_REASONS = ("nonfinite_scores", "random_for_missing_sidecar", "original_for_missing_juiced")
+# ``repeated_in_epoch``: a worker whose pass ran short of its share of the epoch's batches topped it up
+# from a new pass (data/pipeline.py).
+FALLBACK_REASONS = (
+    "nonfinite_scores", "random_for_missing_sidecar", "original_for_missing_juiced", "repeated_in_epoch",
+)
 _LOG_FIRST = 10
 
 
@@ -51,12 +55,11 @@ class DropCounter:
         self.drop("unreadable_shard", getattr(exn, "args", ["?"])[-1] if exn.args else "?", repr(exn))
         return True
 
-    def attach(self, batches: Iterator[dict]) -> Iterator[dict]:
-        """Pipeline stage: move the counts since the previous batch into ``batch['drops']``."""
-        for batch in batches:
-            batch["drops"] = dict(self._pending)
-            self._pending.clear()
-            yield batch
+    def take(self) -> dict[str, int]:
+        """The counts since the previous call (they ride along in the next batch as ``batch['drops']``)."""
+        pending = dict(self._pending)
+        self._pending.clear()
+        return pending
 
 
 def merge_drops(totals: Counter[str], batch: dict) -> None:

@@ -6,6 +6,7 @@ import io
 import random
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -17,10 +18,42 @@ CAPTION_EXTS = ("txt",)
 CAPTION_SOURCES = ("original", "juiced", "mix")
 
 
+# Single-channel modes of more than 8 bits: 16-bit PNG/TIFF (I;16*), 32-bit integer (I) and float (F).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float grayscale image as 8-bit ``L``, its value range stretched to 0..255.
+
+    PIL's own ``convert`` clips these modes at 255, so a 16-bit photograph becomes a white image.
+    Values are stretched from the image's finite minimum to its maximum (a 12-bit scan stored in 16
+    bits is not left dark); a constant image keeps its level on the mode's scale (16-bit / 257,
+    float in [0, 1] x 255, else clipped). An image with no finite pixel is refused (ValueError, a
+    counted ``corrupt_image``).
+    """
+    values = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise ValueError(f"{image.mode} image has no finite pixel value")
+    lo, hi = float(values[finite].min()), float(values[finite].max())
+    if hi > lo:
+        scaled = (np.where(finite, values, lo) - lo) * (255.0 / (hi - lo))
+    elif image.mode.startswith("I;16") or (image.mode == "I" and hi > 255):
+        scaled = np.full(values.shape, lo / 257.0)
+    elif image.mode == "F" and 0.0 <= lo <= 1.0:
+        scaled = np.full(values.shape, lo * 255.0)
+    else:
+        scaled = np.full(values.shape, lo)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_rgb(data: bytes) -> Image.Image:
-    """Decode image bytes to RGB; transparent images are composited on white, grayscale is expanded."""
+    """Decode image bytes to RGB; transparent images are composited on white, grayscale is expanded,
+    16-bit / 32-bit / float grayscale is scaled to 8 bits by its value range (``to_8bit``)."""
     image = Image.open(io.BytesIO(data))
     image.load()
+    if image.mode in WIDE_MODES:
+        return to_8bit(image).convert("RGB")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

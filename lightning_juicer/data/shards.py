@@ -26,23 +26,30 @@ def expand_shards(spec: str | list[str], key: str) -> list[str]:
     return urls
 
 
-def count_samples(urls: list[str]) -> int | None:
-    """Number of samples in local shards, from ``sizes.json`` or img2dataset ``*_stats.json``; None if unknown."""
-    total = 0
+def shard_sizes(urls: list[str]) -> dict[str, int | None]:
+    """Samples per local shard from ``sizes.json`` (read once per folder) or img2dataset ``*_stats.json``; None if unknown."""
+    out: dict[str, int | None] = {}
     sizes_cache: dict[Path, dict] = {}
     for url in urls:
         if _REMOTE.match(url):
-            return None
+            out[url] = None
+            continue
         path = Path(url)
         if path.parent not in sizes_cache:
             sizes_file = path.parent / "sizes.json"
             sizes_cache[path.parent] = json.loads(sizes_file.read_text()) if sizes_file.is_file() else {}
         sizes = sizes_cache[path.parent]
-        if path.name in sizes:
-            total += int(sizes[path.name])
-            continue
         stats = path.with_name(path.stem + "_stats.json")
-        if not stats.is_file():
-            return None
-        total += int(json.loads(stats.read_text())["successes"])
-    return total
+        if path.name in sizes:
+            out[url] = int(sizes[path.name])
+        elif stats.is_file():
+            out[url] = int(json.loads(stats.read_text())["successes"])
+        else:
+            out[url] = None
+    return out
+
+
+def count_samples(urls: list[str]) -> int | None:
+    """Number of samples in local shards, from ``sizes.json`` or img2dataset ``*_stats.json``; None if unknown."""
+    sizes = shard_sizes(urls).values()
+    return None if None in sizes else sum(sizes)

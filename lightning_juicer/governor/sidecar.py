@@ -288,6 +288,42 @@ def check_sidecar(
     return info
 
 
+# Settings that only filter the evidence at use time; sidecars that differ in them hold the same values.
+USE_TIME_SETTINGS = ("threshold", "max_classes")
+
+
+def check_sidecars(
+    paths: Sequence[str | Path], governor: str | None = None, *, key: str = "data.init_args.governor.name"
+) -> list[SidecarInfo]:
+    """Every sidecar's footer, checked to come from one governor with one grid and one set of settings.
+
+    A ConfigError names the first two files that differ and the differing settings (or the configured
+    ``governor`` the first file was not written by); only Parquet footers are read.
+    """
+    infos = [sidecar_info(p) for p in paths]
+    if not infos:
+        return infos
+    if governor is not None:
+        check_sidecar(infos[0].path, governor=governor, key=key)
+    first = infos[0]
+
+    def identity(info: SidecarInfo) -> dict[str, Any]:
+        settings = {k: v for k, v in info.settings.items() if k not in USE_TIME_SETTINGS}
+        return {"governor": info.governor, "format_version": info.format_version, **settings}
+
+    wanted = identity(first)
+    for info in infos[1:]:
+        found = identity(info)
+        if found != wanted:
+            names = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
+            diff = ", ".join(f"{k}={json.dumps(wanted.get(k))} vs {json.dumps(found.get(k))}" for k in names[:3])
+            raise ConfigError(
+                f"{key}: sidecars {first.path} and {info.path} were written with different governors or settings "
+                f"({diff}); rerun the vision pass on every shard with one governor"
+            )
+    return infos
+
+
 class SidecarTable:
     """A whole sidecar in memory, with O(1) lookup by key; load once per shard (e.g. in a DataLoader worker)."""
 

@@ -24,8 +24,8 @@ is skipped and reported as ``existing``; sidecars are written atomically (tempor
 settings is refused at start-up (``on_mismatch=error``) or recomputed (``on_mismatch=overwrite``).
 
 **Bad input.** A sample without an image (``no_image``), with an image that cannot be decoded
-(``corrupt_image``) or repeating a key already written (``duplicate_key``) is a counted skip and the
-shard goes on. A shard that cannot be read to its end (missing, truncated tar) gets no sidecar: it
+(``corrupt_image``), repeating a key already written (``duplicate_key``) or tar members whose name
+has no key (``bad_key``: ``...jpg``, key ``..``) is a counted skip and the shard goes on. A shard that cannot be read to its end (missing, truncated tar) gets no sidecar: it
 is reported ``failed`` with the error, and a rerun retries it.
 
 **Manifest.** Each rank appends one JSON line per shard to ``<manifest>.rank<r>.jsonl`` as the shard
@@ -61,6 +61,7 @@ from torchvision.transforms import v2 as T
 
 from lightning_juicer.data.samples import CAPTION_EXTS, IMAGE_EXTS, load_rgb
 from lightning_juicer.data.shards import count_samples, expand_shards
+from lightning_juicer.data.tars import tar_samples
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.evidence import ClassHead
 from lightning_juicer.governor.loading import load_governor_model
@@ -80,7 +81,7 @@ log = logging.getLogger(__name__)
 
 HEAD_KINDS = ("auto", "model", "file", "zero_shot", "none")
 MISMATCH_POLICIES = ("error", "overwrite")
-SKIP_REASONS = ("no_image", "corrupt_image", "duplicate_key", "no_caption")
+SKIP_REASONS = ("no_image", "corrupt_image", "duplicate_key", "no_caption", "bad_key")
 USE_TIME_SETTINGS = ("threshold", "max_classes")
 MANIFEST_NAME = "vision_pass.manifest.json"
 _LOG_FIRST = 10
@@ -343,7 +344,12 @@ def shard_batches(
     texts: list[str] = []
     held: dict | None = None
     total = 0
-    for sample in wds.tarfile_samples(iter([{"url": job.url}]), handler=on_error):
+    def unkeyed(name: str, url: str) -> None:
+        total_unkeyed[0] += 1
+        _skip(counts, "bad_key", name, url, "a tar member name without a key")
+
+    total_unkeyed = [0]
+    for sample in tar_samples(unkeyed, on_error)(iter([{"url": job.url}])):
         total += 1
         key = str(sample.get("__key__"))
         data = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
@@ -374,7 +380,7 @@ def shard_batches(
         yield held
         held = None
     last = held if held is not None else _batch(job, keys, images, image_size, texts if captions else None)
-    counted = {"in": total, "skipped": dict(sorted(counts.items()))}
+    counted = {"in": total + total_unkeyed[0], "skipped": dict(sorted(counts.items()))}
     last.update(last=True, counts=counted, error="; ".join(dict.fromkeys(errors)) or None)
     yield last
 

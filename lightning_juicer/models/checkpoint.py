@@ -46,3 +46,47 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, A
         if names
     ]
     raise ConfigError(f"{key}: the checkpoint was made for another model config; " + "; ".join(problems))
+
+
+# Model arguments a resumed or evaluated checkpoint may change: they alter neither the weights' meaning
+# nor the optimisation (activation checkpointing trades memory for time; the non-finite-loss policy
+# only acts on a broken batch). Everything else (architecture, family, loss weights, initialisation,
+# optimizer and schedule) must match: Lightning restores the optimizer and scheduler state from the
+# checkpoint, so a changed lr or warm-up would be silently ignored.
+RESUME_CHANGEABLE = ("grad_checkpointing", "nonfinite_loss")
+
+
+def _plain(value: Any) -> Any:
+    """Namespaces, tuples and dicts as JSON-comparable plain values."""
+    if hasattr(value, "__dict__") and type(value).__name__ == "Namespace":
+        value = vars(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if not str(k).startswith("__")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_checkpoint_hparams(
+    path: str, class_path: str | None, init_args: Mapping[str, Any], key: str = "ckpt_path"
+) -> None:
+    """Refuse, in one line naming the differing keys, a checkpoint whose model arguments differ from the config's.
+
+    Lightning's CLI would otherwise replace the configured model arguments by the checkpoint's
+    without a word. Keys in ``RESUME_CHANGEABLE`` may differ; keys the checkpoint does not record
+    (written by an older version) are not compared.
+    """
+    hparams = dict(load_lightning_checkpoint(path, key).get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    stored_class = hparams.pop("_class_path", None)
+    if stored_class and class_path and stored_class != class_path:
+        raise ConfigError(f"{key}: {path} holds a {stored_class}, the config builds a {class_path}")
+    wanted, stored = _plain(init_args), _plain(hparams)
+    differing = sorted(name for name in wanted.keys() & stored.keys()
+                       if name not in RESUME_CHANGEABLE and wanted[name] != stored[name])
+    if differing:
+        shown = "; ".join(f"model.init_args.{n}: checkpoint {stored[n]!r} vs config {wanted[n]!r}"
+                          for n in differing[:3])
+        more = f" (+{len(differing) - 3} more)" if len(differing) > 3 else ""
+        raise ConfigError(f"{key}: {path} was trained with another model config: {shown}{more}; use the run's "
+                          f"config.yaml (only {', '.join(RESUME_CHANGEABLE)} may change)")

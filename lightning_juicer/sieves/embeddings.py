@@ -9,7 +9,7 @@ model is an open_clip model (name + pretrained tag or weights file, ``local-dir:
 File format (Parquet, rows in shard order): ``key`` string; ``image`` and ``text``
 fixed_size_list<float16>[D] (L2-normalised reference embeddings, present when a reference is set);
 ``cls`` fixed_size_list<float16>[D'] (the governor's CLS embedding as it comes, present when a
-governor is set). Schema metadata ``juicer.embeddings`` (JSON): format_version, shard (file name),
+governor is set). Schema metadata ``juicer.embeddings`` (JSON): format_version, shard (file name), shard_url,
 reference, governor, dims, temperature (1 / the reference's logit scale), counts.
 """
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.sieves.keeplist import shard_ids
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.sidecar import (
     SidecarInfo,
@@ -304,6 +305,7 @@ class EmbeddingWriter(SidecarWriter):
         meta = {
             "format_version": FORMAT_VERSION,
             "shard": _shard_name(job.url),
+            "shard_url": job.url,
             **enc.identity,
             "temperature": enc.reference.temperature if enc.reference else None,
             "counts": counts,
@@ -355,7 +357,8 @@ def run_embeddings_pass(cfg: EmbeddingsConfig | DictConfig | Mapping[str, Any], 
 
 @dataclass
 class EmbeddingSet:
-    """Embeddings of many shards in memory: keys, each key's shard name, float32 arrays per field, metadata."""
+    """Embeddings of many shards in memory: keys, each key's shard identity (``keeplist.shard_ids``), float32
+    arrays per field, metadata."""
 
     keys: list[str]
     shards: list[str]
@@ -372,7 +375,8 @@ def read_embeddings(paths: list[str | Path]) -> EmbeddingSet:
     if not paths:
         raise ConfigError("embeddings: no embeddings files given; run preprocess/embeddings.py first")
     keys: list[str] = []
-    shards: list[str] = []
+    shard_urls: list[str] = []
+    rows_per_file: list[int] = []
     parts: dict[str, list[np.ndarray]] = {}
     temperature, fields = None, None
     for path in paths:
@@ -386,10 +390,13 @@ def read_embeddings(paths: list[str | Path]) -> EmbeddingSet:
         temperature = meta.get("temperature") if temperature is None else temperature
         rows = table.num_rows
         keys.extend(table.column("key").to_pylist())
-        shards.extend([meta.get("shard") or Path(path).name] * rows)
+        shard_urls.append(meta.get("shard_url") or meta.get("shard") or Path(path).name)
+        rows_per_file.append(rows)
         for name in names:
             column = table.column(name).combine_chunks()
             dim = column.type.list_size if rows else meta["dims"][name]
             parts.setdefault(name, []).append(column.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim))
+    ids = shard_ids(shard_urls, unique="embeddings")
+    shards = [ident for ident, rows in zip(ids, rows_per_file) for _ in range(rows)]
     arrays = {name: np.concatenate(p).astype(np.float32) for name, p in parts.items()}
     return EmbeddingSet(keys, shards, arrays, temperature, [str(p) for p in paths])
