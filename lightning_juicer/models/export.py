@@ -72,9 +72,8 @@ def export_checkpoint(*, ckpt_path: str, out: str, name: str | None = None) -> P
         raise ConfigError(f"name: {name!r} is not a usable open_clip model name")
     if "siglip" in name.lower():  # open_clip.get_tokenizer gives such names the SigLIP T5 tokenizer
         raise ConfigError(f"name: {name!r} contains 'siglip', which makes open_clip pick another tokenizer; rename it")
-    checkpoint = load_lightning_checkpoint(ckpt_path)
-    check_writable(folder, "out")
-    module = module_from_checkpoint(checkpoint)
+    module = module_from_checkpoint(load_lightning_checkpoint(ckpt_path))
+    check_writable(folder, "out")  # after the checkpoint is accepted: a refused one leaves no folder behind
     write_open_clip(module, folder, name)
     print(f"exported {module.family} model {module.hparams.model_name} to {folder} "
           f"(open_clip: create_model('local-dir:{folder}') or add_model_config + create_model('{name}', pretrained=...))")
