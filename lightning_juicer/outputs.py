@@ -16,7 +16,7 @@ from lightning_juicer.errors import ConfigError
 
 
 def check_writable(folder: str | Path, key: str) -> Path:
-    """Create ``folder`` (and its parents) if needed and write/delete a probe file in it; ConfigError if not possible."""
+    """Create ``folder`` (and parents) if needed and write / delete a probe file in it; ConfigError if that fails."""
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key}: {path} is a file, not a folder; point {key} at a writable folder")

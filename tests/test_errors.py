@@ -123,7 +123,8 @@ def test_export_refuses_a_crafted_checkpoint_and_an_unwritable_folder(files):
 
 @pytest.mark.parametrize("script, overrides, message", [
     ("vision_pass", ["sidecar_dir={bad}"], "sidecar_dir: cannot write into {bad}"),
-    ("text_pass", ["sidecar_dir={vision}", "output_dir={bad}", "backend.name=rules"], "output_dir: cannot write into {bad}"),
+    ("text_pass", ["sidecar_dir={vision}", "output_dir={bad}", "backend.name=rules"],
+     "output_dir: cannot write into {bad}"),
     ("embeddings", ["out_dir={bad}", "governor.name=juicer-synthetic"], "out_dir: cannot write into {bad}"),
     ("embeddings", ["out_dir={tmp}", "reference.name={files}/crafted.ckpt"],
      "reference.name: {files}/crafted.ckpt is not a readable Lightning checkpoint: refused"),
@@ -153,7 +154,8 @@ def test_the_sieve_checks_its_output_folder_before_reading_anything(files, tmp_p
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--model.init_args.lrr", "3"], "model.init_args.lrr: unknown key (lightning_juicer.models.JuicerCLIP has no 'lrr')"),
+    (["--model.init_args.lrr", "3"],
+     "model.init_args.lrr: unknown key (lightning_juicer.models.JuicerCLIP has no 'lrr')"),
     (["--model.init_args.lr", "abc"], "model.init_args.lr: Expected a float. Got value: abc"),
     (["--data.init_args.nope", "1"], "data.init_args.nope: unknown key"),
     (["--trainer.max_steps", "abc"], "trainer.max_steps: Expected a int. Got value: abc"),

@@ -24,7 +24,7 @@ from lightning_juicer.outputs import check_writable
 
 
 def _model_class(class_path: str, key: str) -> type[JuicerCLIP]:
-    """The checkpoint's model class, refused unless it is JuicerCLIP or a subclass (a checkpoint names no other code)."""
+    """The checkpoint's model class; refused unless it is JuicerCLIP or a subclass (no other code)."""
     module_name, _, class_name = str(class_path).rpartition(".")
     try:
         found = getattr(importlib.import_module(module_name), class_name)
