@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,17 @@ from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_juicer.data.datamodule import JuicerDataModule
-from lightning_juicer.errors import ConfigError
+from lightning_juicer.errors import ConfigError, exit_on_user_error
 from lightning_juicer.models.checkpoint import check_checkpoint_hparams
 from lightning_juicer.models.export import export_checkpoint
 from lightning_juicer.models.module import JuicerCLIP
+from lightning_juicer.outputs import check_writable
 from lightning_juicer.resume import continue_last_version
+from lightning_juicer.safe_load import check_lightning_checkpoint
+from lightning_juicer.usage import OneLineArgumentParser, OneLineParser
+
+# ``--ckpt_path`` values Lightning resolves itself (the file is checked once resolved, where we can).
+_CKPT_ALIASES = ("last", "best", "hpc")
 
 
 class JuicerCLI(LightningCLI):
@@ -38,33 +45,61 @@ class JuicerCLI(LightningCLI):
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and Path(ckpt_path).is_file():
             self._check_ckpt(ckpt_path)
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse, then refuse ``weights_only: false`` and a checkpoint that is missing, corrupt or unsafe, up front."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else self.config
+        if "weights_only" in config:
+            if config["weights_only"] is False:
+                raise ConfigError("weights_only: false would let a checkpoint run code; checkpoints are read "
+                                  "with weights_only=True only (tensors and plain values)")
+            config["weights_only"] = True
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in _CKPT_ALIASES and "://" not in str(ckpt_path) \
+                and not str(ckpt_path).startswith("registry"):
+            check_lightning_checkpoint(ckpt_path, "ckpt_path")
+
+    def after_instantiate_classes(self) -> None:
+        """Before running a subcommand, check that the log and checkpoint folders can be written."""
+        super().after_instantiate_classes()
+        if self.subcommand is not None:
+            check_output_folders(self.trainer)
+
     def before_fit(self) -> None:
         """``--ckpt_path last`` continues the newest version that has a last.ckpt, in the same log folder."""
         if self.config_init[self.subcommand].get("ckpt_path") == "last":
             found = continue_last_version(self.trainer)
             if found is not None:
+                check_lightning_checkpoint(found, "ckpt_path")
                 self._check_ckpt(found)
 
 
-def find_config_error(exn: BaseException | None) -> ConfigError | None:
-    """The ConfigError behind an exception (jsonargparse and Lightning wrap errors raised in __init__ or hooks)."""
-    while exn is not None:
-        if isinstance(exn, ConfigError):
-            return exn
-        exn = exn.__cause__ or exn.__context__
-    return None
+def check_output_folders(trainer: Any) -> None:
+    """Probe-write the trainer's root folder, its loggers' folders and an explicit checkpoint folder."""
+    check_writable(trainer.default_root_dir, "trainer.default_root_dir")
+    for logger in trainer.loggers:
+        folder = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)
+        if folder:
+            check_writable(folder, "trainer.logger.init_args.save_dir")
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "dirpath", None):
+            check_writable(callback.dirpath, "trainer.callbacks[ModelCheckpoint].init_args.dirpath")
 
 
-def dispatch(args: list[str], run: bool) -> Any:
-    """The ``export`` subcommand, or LightningCLI for fit / validate / test / predict."""
-    if args and args[0] == "export":
-        return CLI(export_checkpoint, args=args[1:])
+def dispatch(args: list[str] | None, run: bool) -> Any:
+    """The ``export`` subcommand, or LightningCLI for fit / validate / test / predict (``args`` None: sys.argv)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == "export":
+        prog = f"{os.path.basename(sys.argv[0])} export"
+        return CLI(export_checkpoint, args=argv[1:], parser_class=OneLineArgumentParser, prog=prog)
     return JuicerCLI(
         JuicerCLIP,
         JuicerDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_class=OneLineParser,
         args=args,
         run=run,
     )
@@ -72,11 +107,4 @@ def dispatch(args: list[str], run: bool) -> Any:
 
 def main(args: list[str] | None = None, run: bool = True) -> Any:
     """Entry point; bad configuration exits with status 2 and one line on stderr naming the key to fix."""
-    try:
-        return dispatch(sys.argv[1:] if args is None else args, run)
-    except Exception as exn:
-        cause = find_config_error(exn)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return exit_on_user_error(dispatch, args, run)

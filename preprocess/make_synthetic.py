@@ -13,12 +13,13 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_juicer.data.synthetic import SyntheticConfig, is_generated, prepare_synthetic  # noqa: E402
+from lightning_juicer.errors import check_dotlist, exit_on_user_error  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     """Build a SyntheticConfig from dotlist arguments and generate the dataset."""
     schema = OmegaConf.structured(SyntheticConfig)
-    overrides = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
+    overrides = OmegaConf.from_dotlist(check_dotlist(sys.argv[1:] if argv is None else argv))
     cfg: SyntheticConfig = OmegaConf.to_object(OmegaConf.merge(schema, overrides))
     existed = is_generated(cfg.root)
     start = time.perf_counter()
@@ -34,4 +35,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_juicer.errors import check_dotlist, exit_on_user_error  # noqa: E402
 from lightning_juicer.governor.evidence import ClassHead  # noqa: E402
 from lightning_juicer.governor.loading import load_governor  # noqa: E402
 from lightning_juicer.governor.quality import governor_quality  # noqa: E402
@@ -31,7 +32,7 @@ from lightning_juicer.governor.training import (  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     """Train, save, reload and evaluate; returns the quality figures."""
     schema = OmegaConf.structured(GovernorTrainConfig)
-    overrides = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
+    overrides = OmegaConf.from_dotlist(check_dotlist(sys.argv[1:] if argv is None else argv))
     cfg: GovernorTrainConfig = OmegaConf.to_object(OmegaConf.merge(schema, overrides))
     start = time.perf_counter()
     model, record = train_governor(cfg)
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_juicer.errors import ConfigError  # noqa: E402
+from lightning_juicer.errors import EXIT_USER_ERROR, ConfigError, check_dotlist, report_user_error  # noqa: E402
 from lightning_juicer.governor.vision_pass import run_vision_pass  # noqa: E402
 
 
@@ -42,16 +42,12 @@ def run_cli(doc: str, run: Callable[[Any], dict | None], describe: Callable[[dic
     parser.add_argument("--config", action="append", default=[], help="YAML config (repeatable; later wins)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (omegaconf dotlist)")
     args = parser.parse_args(argv)
-    missing = [p for p in args.config if not Path(p).is_file()]
-    if missing:
-        print(f"error: --config: {missing[0]} not found", file=sys.stderr)
-        return 2
     try:
-        cfg = OmegaConf.merge(*(OmegaConf.load(p) for p in args.config), OmegaConf.from_dotlist(args.overrides))
-        result = run(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        result = load_and_run(run, args.config, args.overrides)
+    except Exception as exn:  # the entry point's error boundary: user errors as one line, bugs with a traceback
+        if not report_user_error(exn):
+            raise
+        return EXIT_USER_ERROR
     if result is None:
         return 0
     print(describe(result))
@@ -59,6 +55,15 @@ def run_cli(doc: str, run: Callable[[Any], dict | None], describe: Callable[[dic
         print(f"manifest: {result['manifest']}")
         return 1 if result["totals"]["shards_failed"] else 0
     return 0
+
+
+def load_and_run(run: Callable[[Any], dict | None], configs: list[str], overrides: list[str]) -> dict | None:
+    """The YAML files merged with the overrides, passed to ``run`` (errors are left to the boundary)."""
+    missing = [p for p in configs if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"--config: {missing[0]} not found")
+    cfg = OmegaConf.merge(*(OmegaConf.load(p) for p in configs), OmegaConf.from_dotlist(check_dotlist(overrides)))
+    return run(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -287,7 +287,7 @@ def test_validate_and_test_run_every_evaluation_with_val_shards(fitted, syntheti
                            ckpt_path=checkpoint.best_model_path)[0]
     assert "val/loss" in out and 0.0 <= out["eval/synthetic/top1"] <= 1.0 and "eval/synthetic_retrieval/t2i_r1" in out
     records = _results(trainer.log_dir)
-    step = torch.load(checkpoint.best_model_path, weights_only=False)["global_step"]
+    step = torch.load(checkpoint.best_model_path, weights_only=True)["global_step"]
     assert {(r["stage"], r["checkpoint"], r["step"]) for r in records} == {
         ("validate", checkpoint.best_model_path, step)}
     assert len(records) == 2 + 7

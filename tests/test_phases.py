@@ -101,7 +101,7 @@ def test_killed_run_resumes_inside_the_full_patch_phase(tmp_path, tiny_synthetic
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     log_dir = tmp_path / "quickstart" / "version_0"
     last = log_dir / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 20  # saved at step 20, killed at 22
     # The switch is announced once, on the console and in TensorBoard, at step 16 = 24 - 8.
     assert killed.stderr.count(f"switching to all patches at step {START}") == 1
@@ -133,7 +133,7 @@ def test_killed_run_resumes_inside_the_full_patch_phase(tmp_path, tiny_synthetic
     assert probe["keep"] == {str(s): None for s in range(20, 24)}
     # Same log folder (no version_1), and the run reached its end.
     assert not (tmp_path / "quickstart" / "version_1").exists()
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == MAX_STEPS
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == MAX_STEPS
     resumed_lr = scalars(log_dir)["lr-AdamW/pg1"]
     assert resumed_lr[22] == pytest.approx(LR * factor(22) * MULT, rel=1e-5)
     # Steps 20 and 21 were logged before the kill and again after the resume: TensorBoard must see each once.

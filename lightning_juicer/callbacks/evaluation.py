@@ -75,7 +75,7 @@ def checkpoint_step(path: str | Path | None) -> int | None:
     if not path or not Path(path).is_file():
         return None
     try:
-        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
     except Exception:  # noqa: BLE001 - the step is informative only
         return None
 

@@ -76,6 +76,7 @@ from lightning_juicer.governor.sidecar import (
     sidecar_path,
     write_sidecar,
 )
+from lightning_juicer.outputs import check_writable, check_writable_parents
 
 log = logging.getLogger(__name__)
 
@@ -682,6 +683,12 @@ def merge_manifests(
     return out
 
 
+def check_outputs(files: list[Path], key: str, manifest: Path) -> None:
+    """Before anything is computed: the folders of a pass's output files and of its manifest can be written."""
+    check_writable_parents(files, key)
+    check_writable(manifest.parent, "manifest")
+
+
 def resolve_precision(cfg: VisionPassConfig) -> str:
     """``precision``, or by default bf16 autocast on CUDA (fp16 where bf16 is missing) and fp32 elsewhere."""
     if cfg.precision:
@@ -696,11 +703,12 @@ def run_vision_pass(cfg: VisionPassConfig | DictConfig | Mapping[str, Any], **tr
     cfg = to_config(cfg)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     jobs = plan_shards(cfg)
+    manifest = manifest_path(cfg, jobs)
+    check_outputs([job.sidecar for job in jobs], "sidecar_dir", manifest)
     governor = load_pass_governor(cfg)
     if cfg.on_mismatch == "error":
         for job in jobs:
             existing_sidecar(job, governor, cfg.on_mismatch)
-    manifest = manifest_path(cfg, jobs)
     header = {
         "format_version": 1,
         "governor": governor.name,

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import torch
 
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.safe_load import load_reason
 
 
 def load_lightning_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
@@ -17,7 +18,7 @@ def load_lightning_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, An
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exn:  # unpickling errors have no common base class
-        raise ConfigError(f"{key}: {path} is not a readable Lightning checkpoint: {str(exn).splitlines()[0]}") from exn
+        raise ConfigError(f"{key}: {path} is not a readable Lightning checkpoint: {load_reason(exn)}") from exn
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"{key}: {path} has no state_dict; give a Lightning .ckpt written by fit")
     return checkpoint

@@ -20,11 +20,19 @@ from open_clip.push_to_hf_hub import save_config_for_hf
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.models.checkpoint import check_state_dict, load_lightning_checkpoint
 from lightning_juicer.models.module import JuicerCLIP
+from lightning_juicer.outputs import check_writable
 
 
-def _import_class(class_path: str) -> type:
-    module_name, _, class_name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)
+def _model_class(class_path: str, key: str) -> type[JuicerCLIP]:
+    """The checkpoint's model class; refused unless it is JuicerCLIP or a subclass (no other code)."""
+    module_name, _, class_name = str(class_path).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exn:
+        raise ConfigError(f"{key}: the checkpoint's model class {class_path!r} cannot be imported") from exn
+    if not (isinstance(found, type) and issubclass(found, JuicerCLIP)):
+        raise ConfigError(f"{key}: the checkpoint's model class {class_path!r} is not a JuicerCLIP; refused")
+    return found
 
 
 def module_from_checkpoint(checkpoint: dict, key: str = "ckpt_path") -> JuicerCLIP:
@@ -33,7 +41,7 @@ def module_from_checkpoint(checkpoint: dict, key: str = "ckpt_path") -> JuicerCL
     if "model_name" not in hparams:
         raise ConfigError(f"{key}: the checkpoint records no model hyper-parameters (model_name); export needs them")
     hparams.pop("_instantiator", None)
-    model_class = _import_class(hparams.pop("_class_path", f"{JuicerCLIP.__module__}.{JuicerCLIP.__name__}"))
+    model_class = _model_class(hparams.pop("_class_path", f"{JuicerCLIP.__module__}.{JuicerCLIP.__name__}"), key)
     module = model_class(**{**hparams, "pretrained": None})
     check_state_dict(module.state_dict(), checkpoint["state_dict"], key)
     module.load_state_dict(checkpoint["state_dict"])
@@ -65,6 +73,7 @@ def export_checkpoint(*, ckpt_path: str, out: str, name: str | None = None) -> P
     if "siglip" in name.lower():  # open_clip.get_tokenizer gives such names the SigLIP T5 tokenizer
         raise ConfigError(f"name: {name!r} contains 'siglip', which makes open_clip pick another tokenizer; rename it")
     module = module_from_checkpoint(load_lightning_checkpoint(ckpt_path))
+    check_writable(folder, "out")  # after the checkpoint is accepted: a refused one leaves no folder behind
     write_open_clip(module, folder, name)
     print(f"exported {module.family} model {module.hparams.model_name} to {folder} "
           f"(open_clip: create_model('local-dir:{folder}') or add_model_config + create_model('{name}', pretrained=...))")

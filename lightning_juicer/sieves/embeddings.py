@@ -49,6 +49,7 @@ from lightning_juicer.governor.vision_pass import (
     ShardJob,
     ShardProgressBar,
     SidecarWriter,
+    check_outputs,
     crop_transform,
     pass_trainer,
     plan_jobs,
@@ -130,12 +131,11 @@ class Reference(NamedTuple):
 def load_reference(cfg: EncoderConfig) -> Reference:
     """An open_clip model by name / local-dir, or the CLIP inside a ``.ckpt`` of this project."""
     name = str(cfg.name)
-    if name.endswith(".ckpt"):
-        if not Path(name).is_file():
-            raise ConfigError(f"reference.name: checkpoint not found: {name}")
-        from lightning_juicer.models.module import JuicerCLIP
+    if name.endswith(".ckpt"):  # read with weights_only=True; the model is built from its hyper-parameters
+        from lightning_juicer.models.checkpoint import load_lightning_checkpoint
+        from lightning_juicer.models.export import module_from_checkpoint
 
-        module = JuicerCLIP.load_from_checkpoint(name, map_location="cpu")
+        module = module_from_checkpoint(load_lightning_checkpoint(name, "reference.name"), "reference.name")
         model, tokenizer = module.model, module.tokenizer
     else:
         from lightning_juicer.models.factory import create_clip_model
@@ -334,12 +334,13 @@ def run_embeddings_pass(cfg: EmbeddingsConfig | DictConfig | Mapping[str, Any], 
     cfg = to_config(cfg)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     jobs = plan_embedding_jobs(cfg)
+    manifest = Path(cfg.manifest) if cfg.manifest else jobs[0].sidecar.parent / MANIFEST_NAME
+    check_outputs([job.sidecar for job in jobs], "out_dir", manifest)
     encoders = load_encoders(cfg)
     data = EmbeddingShards(jobs, encoders, cfg)
     if cfg.on_mismatch == "error":
         for job in jobs:
             data.finished(job)
-    manifest = Path(cfg.manifest) if cfg.manifest else jobs[0].sidecar.parent / MANIFEST_NAME
     header = {
         "format_version": FORMAT_VERSION,
         **encoders.identity,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lightning_juicer.data.shards import expand_shards
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.outputs import check_writable
 from lightning_juicer.sieves.clustered import Kept, cluster_sieve, d4, semdedup
 from lightning_juicer.sieves.d2 import d2_prune
 from lightning_juicer.sieves.embeddings import EmbeddingSet, read_embeddings
@@ -137,6 +139,7 @@ def select(cfg: SieveConfig, emb: EmbeddingSet, rows: np.ndarray, n_keep: int) -
 def run_sieve(cfg: SieveConfig | DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Read the embeddings, run the sieve, write the keep list; returns its manifest (without keys)."""
     cfg = to_config(cfg)
+    check_writable(Path(cfg.out).parent, "out")
     emb = read_embeddings(expand_shards(cfg.embeddings, "embeddings"))
     fields = _fields(cfg)
     bad = degenerate(emb, fields)

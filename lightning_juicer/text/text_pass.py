@@ -52,6 +52,7 @@ from lightning_juicer.governor.sidecar import (
 from lightning_juicer.governor.vision_pass import (
     MISMATCH_POLICIES,
     RankPlan,
+    check_outputs,
     ShardData,
     ShardProgressBar,
     SidecarWriter,
@@ -312,6 +313,8 @@ def run_text_pass(cfg: TextPassConfig | DictConfig | Mapping[str, Any], backend:
     cfg = to_config(cfg)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     jobs = plan_shards(cfg)
+    check_outputs([job.sidecar for job in jobs], "output_dir" if cfg.output_dir else "sidecar_dir",
+                  manifest_path(cfg, jobs))
     if backend is None:
         backend = build_backend(cfg.backend, cfg.prompts, lambda: load_vocabulary(cfg, jobs))
     settings = text_settings(cfg, backend)
