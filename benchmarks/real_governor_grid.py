@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     strip = 34
     grid = Image.new("RGB", (args.columns * args.tile, rows * (args.tile + strip)), "white")
     draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=13)
     for i, ((caption, _), tile, found) in enumerate(zip(items, shown, evidence)):
         x, y = (i % args.columns) * args.tile, (i // args.columns) * (args.tile + strip)
         pixels = (tile.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         grid.paste(Image.fromarray(pixels).resize((args.tile, args.tile), Image.BICUBIC), (x, y + strip))
         title = ", ".join(f"{name} {p:.2f}" for name, p in found) or "no evidence"
-        draw.text((x + 4, y + 2), caption, fill=(90, 90, 90))
-        draw.text((x + 4, y + 17), title, fill=(0, 0, 0) if found else (0, 110, 0))
+        draw.text((x + 4, y + 1), caption, fill=(90, 90, 90), font=font)
+        draw.text((x + 4, y + 17), title, fill=(0, 0, 0) if found else (0, 110, 0), font=font)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     grid.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
     for (caption, _), found in zip(items, evidence):
