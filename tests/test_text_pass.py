@@ -250,6 +250,48 @@ def test_keys_are_split_as_webdataset_splits_them(tmp_path):
     assert table["dir.v1/k"].caption == "a dog on the beach, circle" and table["../x"].caption == "a cat on a mat, circle"
 
 
+class AddObjectBackend:
+    """Appends a circle to even captions and a ring to odd ones, recording the evidence it was given."""
+
+    name = "add-object"
+    module = None
+    settings = {"version": 1}
+
+    def __init__(self) -> None:
+        self.seen: list[Request] = []
+
+    def rewrite(self, requests):
+        self.seen += requests
+        return [f"{r.caption} with a {'ring' if 'odd' in r.caption else 'circle'}" for r in requests]
+
+
+def test_rewrites_adding_an_object_outside_the_evidence_are_rejected_and_max_classes_0_switches_evidence_off(
+        tmp_path):
+    shard = tmp_path / "objects.tar"
+    captions = ["a red star on grey", "an odd red star on grey"] * 2
+    with wds.TarWriter(str(shard)) as sink:
+        for i, caption in enumerate(captions):
+            sink.write({"__key__": f"k{i}", "jpg": b"x", "txt": caption.encode()})
+    rows = SidecarRows([f"k{i}" for i in range(4)], np.zeros((4, 4)), (2, 2), [["circle", "star", "ring"]] * 4,
+                       np.tile(np.float32([0.9, 0.5, 0.3]), (4, 1)))
+    write_sidecar(sidecar_path(str(shard), tmp_path / "side"), rows, "gov", {"threshold": 0.7, "max_classes": 3})
+    backend = AddObjectBackend()
+    record = run_text_pass(_cfg(str(shard), tmp_path / "side", output_dir=str(tmp_path / "on")),
+                           backend=backend)["shards"][0]
+    assert [r.evidence for r in backend.seen] == [[("circle", pytest.approx(0.9))]] * 4
+    # the ring is in the head's vocabulary (the classes the sidecar stores) but not in the evidence: rejected
+    assert record["rewritten"] == 2 and record["fallback"] == {"invented_object": 2}
+    assert record["evidence_added"] == {"circle": 2}
+    table = read_sidecar(sidecar_path(str(shard), tmp_path / "on"))
+    assert table["k0"].caption == "a red star on grey with a circle" and table["k1"].caption == captions[1]
+    # the off switch: no evidence is offered, so nothing may be added
+    backend = AddObjectBackend()
+    record = run_text_pass(_cfg(str(shard), tmp_path / "side", output_dir=str(tmp_path / "off"), max_classes=0),
+                           backend=backend)["shards"][0]
+    assert [r.evidence for r in backend.seen] == [[]] * 4
+    assert record["rewritten"] == 0 and record["fallback"] == {"invented_object": 4}
+
+
 def test_killed_pass_resumes_skips_finished_shards_and_refuses_other_settings(tiny_synthetic, vision, tmp_path,
                                                                              monkeypatch):
     side = tmp_path / "side"

@@ -83,6 +83,9 @@ def test_invented_objects_use_the_vocabulary_synonyms_and_inflections():
     assert invented_classes("a tee for summer", "a white T-shirt for summer", ["T-shirt/top"], CLASSES) == []
     assert invented_classes("a tee", "a T-shirt and a shirt", ["T-shirt/top"], CLASSES) == ["shirt"]
     assert invented_classes("two horses", "two horses and three dogs", [], CLASSES) == ["dog"]
+    assert invented_classes("a hrose in a field", "a horse in a field", [], CLASSES) == []  # a typo fixed
+    # 'tshirt' is the t-shirt written as one word, not a typo of 'shirt' (the rules backend once made it one)
+    assert invented_classes("a tshirt", "a shirt", ["T-shirt/top"], CLASSES) == ["shirt"]
     assert invented_classes("a cat", "a cat on a mat", [], CLASSES) == []
     assert evidence_woven("a dog on the beach", "a dog on the beach with a bag", ["bag", "cat"]) == ["bag"]
     # without a vocabulary there is no invented-object check, but other checks still apply

@@ -214,7 +214,9 @@ class TransformersBackend:
         before, after = text.split(SLOT)
         caption = fence(request.caption, self.controls)
         ids = [self._ids(before, False), self._ids(caption, True), self._ids(after, False)]
-        if self.control_ids & set(ids[1]):  # not reachable through neutralise + split; refuse rather than trust
+        # not reachable through neutralise + split; refuse rather than trust (a word-level vocabulary maps
+        # unknown words to its unk id: that one is data, never a turn marker)
+        if (self.control_ids - {self.tokenizer.unk_token_id}) & set(ids[1]):
             raise ValueError("caption tokens contain a control token id")
         return [i for part in ids for i in part]
 

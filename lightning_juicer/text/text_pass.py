@@ -15,8 +15,13 @@ other text settings is refused (``on_mismatch=error``) or recomputed (``overwrit
 
 **Counts per shard.** ``rewritten`` (accepted and different from the original), ``unchanged``,
 ``fallback`` by reason (the output was rejected, or the input was not sent: the original caption is
-stored) and ``skipped`` by reason (no usable caption: nothing stored, training uses the original,
-counted there). A shard without a vision sidecar, or that cannot be read to its end, ``failed``.
+stored; reasons in ``validation.py``), ``evidence_added`` (per class: evidence classes an accepted
+caption names that its original did not) and ``skipped`` by reason (no usable caption: nothing
+stored, training uses the original, counted there; ``bad_key``: a tar member without a webdataset
+key). A shard without a vision sidecar, or that cannot be read to its end, ``failed``.
+
+**Class vocabulary.** ``invented_object`` needs the evidence head's classes: ``validation.classnames``,
+else the vision sidecars' ``head.classnames`` setting, else every class the shard's sidecar stores.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from lightning_juicer.text.rules import Vocabulary, drop_junk, normalise, words
+from lightning_juicer.text.rules import DEFAULT_JUNK_PHRASES, Vocabulary, drop_junk, normalise, words
 
 REJECT_REASONS = ("empty", "refusal", "prompt_echo", "too_long", "new_url", "spam", "invented_object",
                   "invented_attribute", "lost_content", "invented_words", "backend_error")
@@ -135,12 +135,20 @@ def _covered(word: str, known: set[str], known_stems: set[str]) -> bool:
     """Whether a word is one of the known words: as written, inflected, or one edit away (a spelling fix)."""
     if word in known or stem(word) in known_stems:
         return True
-    return len(word) >= 4 and bool(Vocabulary.edits(word) & known)
+    return len(word) >= 3 and bool(Vocabulary.edits(word) & known)
 
 
 def class_names(name: str) -> list[list[str]]:
-    """The word stems of each synonym of a class name ('T-shirt/top' -> [['t', 'shirt'], ['top']])."""
-    return [[stem(w) for w in words(part)] for part in re.split(r"[/,;|]", name) if words(part)]
+    """The word stems of each synonym of a class name, also written as one word
+    ('T-shirt/top' -> [['t', 'shirt'], ['tshirt'], ['top']])."""
+    out = []
+    for part in re.split(r"[/,;|]", name):
+        tokens = words(part)
+        if tokens:
+            out.append([stem(w) for w in tokens])
+            if len(tokens) > 1:
+                out.append([stem("".join(tokens))])
+    return out
 
 
 def mention_spans(text_stems: Sequence[str], name: str) -> list[tuple[int, int]]:
@@ -157,13 +165,28 @@ def mentioned(text_stems: Sequence[str], name: str) -> bool:
     return bool(mention_spans(text_stems, name))
 
 
+def _misspelt(text_stems: Sequence[str], name: str, exact: set[str] = frozenset()) -> bool:
+    """Whether the text names the class with a typo: each word as written or, from 4 letters, one edit away
+    (a word in ``exact``, the exact name of some class, is that class and no typo: 'tshirt' is not 'shirt')."""
+    def same(word: str, target: str) -> bool:
+        return word == target or (len(target) >= 4 and word not in exact and word in Vocabulary.edits(target))
+
+    for target in class_names(name):
+        n = len(target)
+        if any(all(same(w, t) for w, t in zip(text_stems[i : i + n], target)) for i in range(len(text_stems) - n + 1)):
+            return True
+    return False
+
+
 def invented_classes(original: str, caption: str, evidence: Sequence[str], classnames: Iterable[str]) -> list[str]:
     """Classes named in the caption that are neither evidence nor named in the original.
 
     A mention inside a longer allowed one does not count ('shirt' inside an allowed 't-shirt').
     """
     out_stems, orig_stems = _stems(caption), _stems(original)
-    allowed = [c for c in classnames if c in evidence or mentioned(orig_stems, c)]
+    classnames = list(classnames)
+    exact = {w for c in classnames for target in class_names(c) if len(target) == 1 for w in target}
+    allowed = [c for c in classnames if c in evidence or mentioned(orig_stems, c) or _misspelt(orig_stems, c, exact)]
     covered = [span for c in allowed for span in mention_spans(out_stems, c)]
     invented = []
     for name in set(classnames) - set(allowed):
@@ -240,7 +263,7 @@ class Validator:
         known_stems = {stem(w) for w in known}
         if any(w in COLOURS and not _covered(w, known, known_stems) for w in out_words):
             return "invented_attribute"
-        kept_from = content_words(drop_junk(original, self.cfg.spam_words))
+        kept_from = content_words(drop_junk(original, [*self.cfg.spam_words, *DEFAULT_JUNK_PHRASES]))
         output_words = content_words(caption)
         output_stems = {stem(w) for w in output_words}
         kept = sum(_covered(w, output_words, output_stems) for w in kept_from)
