@@ -275,7 +275,8 @@ def test_command_line_two_process_pass(data, governor_dir, tmp_path):
     command = [
         sys.executable, "preprocess/vision_pass.py", "--config", "configs/preprocess/vision.yaml",
         f"shards={data.train_shards}", f"sidecar_dir={tmp_path / 'side'}", f"governor.name={governor_dir}",
-        f"governor.head.classnames={names}", "governor.head.activation=softmax", "accelerator=cpu", "devices=2", "strategy=ddp", "num_workers=0",
+        f"governor.head.classnames={names}", "governor.head.activation=softmax", "accelerator=cpu", "devices=2",
+        "strategy=ddp", "num_workers=0",
         "batch_size=16", "progress=false",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -291,12 +292,13 @@ def test_evidence_activation_is_the_recorded_one_and_a_closed_set_head_needs_an_
     """Issue 12: no softmax forced by default; a head that cannot say 'none of these' is refused unless asked for."""
     shipped = load_pass_governor(to_config({"shards": data.train_shards, "governor": {"name": "juicer-synthetic"}}))
     assert shipped.head.activation == "sigmoid" and shipped.settings["head"]["activation"] == "sigmoid"
-    cfg = {"shards": data.train_shards, "governor": {"name": str(governor_dir), "head": {"classnames": list(SHAPE_CLASSES)}}}
+    head = {"classnames": list(SHAPE_CLASSES)}
+    cfg = {"shards": data.train_shards, "governor": {"name": str(governor_dir), "head": head}}
     with pytest.raises(ConfigError, match=r"^governor\.head\.activation: .* records no activation") as error:
         load_pass_governor(to_config(cfg))
     assert "\n" not in str(error.value) and "governor.head.kind=none" in str(error.value)
-    head = cfg["governor"]["head"]
-    opted = load_pass_governor(to_config({**cfg, "governor": {**cfg["governor"], "head": {**head, "activation": "softmax"}}}))
+    opted_head = {**head, "activation": "softmax"}
+    opted = load_pass_governor(to_config({**cfg, "governor": {"name": str(governor_dir), "head": opted_head}}))
     assert opted.head.activation == "softmax" and opted.settings["head"]["activation"] == "softmax"
     off = load_pass_governor(to_config({**cfg, "governor": {**cfg["governor"], "head": {"kind": "none"}}}))
     assert off.head is None and off.settings["head"] == {"kind": "none"}

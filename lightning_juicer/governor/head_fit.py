@@ -60,7 +60,9 @@ class HeadFitConfig:
     num_workers: int = 0
 
 
-def labelled_folder(root: str | Path, none_class: str | None, classnames: Any = None) -> tuple[ImageFolder, list[str], torch.Tensor]:
+def labelled_folder(
+    root: str | Path, none_class: str | None, classnames: Any = None
+) -> tuple[ImageFolder, list[str], torch.Tensor]:
     """The ImageFolder, the class names (head order) and multi-hot targets [N, C] (all zero for ``none``)."""
     try:
         data = ImageFolder(str(root))
@@ -154,7 +156,7 @@ def evidence_figures(probs: torch.Tensor, targets: torch.Tensor, classnames: lis
     index = {name: i for i, name in enumerate(classnames)}
     has_class = targets.sum(1) > 0
     given = correct = found = 0
-    per_class = {name: {"given": 0, "correct": 0, "images": int(targets[:, i].sum())} for i, name in enumerate(classnames)}
+    per_class = {n: {"given": 0, "correct": 0, "images": int(targets[:, i].sum())} for i, n in enumerate(classnames)}
     none_flagged = 0
     for row, classes in enumerate(evidence):
         for name, _ in classes:
@@ -216,7 +218,8 @@ def fit_head(cfg: HeadFitConfig, scorer: PatchScorer | None = None) -> dict[str,
     else:
         train_rows, val_rows = split(targets, cfg.val_fraction, cfg.seed)
         features = cls_features(scorer, data, cfg.batch_size, cfg.num_workers)
-        train_x, train_y, val_x, val_y = features[train_rows], targets[train_rows], features[val_rows], targets[val_rows]
+        train_x, train_y = features[train_rows], targets[train_rows]
+        val_x, val_y = features[val_rows], targets[val_rows]
     torch.manual_seed(cfg.seed)
     weight, bias = fit_linear_head(train_x, train_y, cfg.weight_decay, cfg.balanced)
     head = ClassHead(weight, bias, names, activation="sigmoid")

@@ -274,7 +274,8 @@ def import_onnx_governor(
                 crop_pct=1.0)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"pretrained_cfg": {"tag": "onnx-import", "hf_hub_id": None, "url": None, "license": "as the ONNX source"}, "onnx_import": record}
+    source_cfg = {"tag": "onnx-import", "hf_hub_id": None, "url": None, "license": "as the ONNX source"}
+    config = {"pretrained_cfg": source_cfg, "onnx_import": record}
     save_for_hf(model, out, model_config=config, model_args={**args, "img_size": img_size}, data_config=data,
                 safe_serialization=True)
     for file in (out / "config.json", out / "model.safetensors"):
