@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 EXIT_USER_ERROR = 2
 
+import re
+
 
 class ConfigError(ValueError):
     """Bad configuration or input, reported to the user as one line (no traceback)."""

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
-import torch
 import webdataset as wds
 from PIL import Image
 

@@ -14,9 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, url_opener
 
 
-def keyed_members(
-    files: Iterable[dict], on_unkeyed: Callable[[str, str], None]
-) -> Iterator[dict]:
+def keyed_members(files: Iterable[dict], on_unkeyed: Callable[[str, str], None]) -> Iterator[dict]:
     """Pass tar members whose name splits into key + extension; report the others once per name stem."""
     last = None
     for member in files:
