@@ -16,6 +16,7 @@ caption line (the first line that is not chatter; explanations after it are drop
 * ``invented_object``: a class of the evidence head's vocabulary named in the output that is neither in
   the evidence nor named in the original;
 * ``invented_attribute``: a colour word the original and the evidence do not have;
+* ``lost_object``: a class of the vocabulary that the original names (even misspelt) is gone;
 * ``lost_content``: fewer than ``min_kept`` of the original's content words kept (and at least
   ``min_kept_words`` when it has that many): a caption rewritten into something else;
 * ``invented_words``: more than ``max_new_words`` content words that are neither in the original
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from lightning_juicer.text.rules import DEFAULT_JUNK_PHRASES, Vocabulary, drop_junk, normalise, words
 
 REJECT_REASONS = ("empty", "refusal", "prompt_echo", "too_long", "new_url", "spam", "invented_object",
-                  "invented_attribute", "lost_content", "invented_words", "backend_error")
+                  "invented_attribute", "lost_object", "lost_content", "invented_words", "backend_error")
 INPUT_REASONS = ("empty_input", "input_too_long", "input_injection")
 
 _CHATTER = re.compile(
@@ -46,6 +47,7 @@ _CHATTER = re.compile(
     r"caption\s*\**\s*(?::|\bis\b\s*:?|\breads\b\s*:?|=)\s*)?",
     re.IGNORECASE,
 )
+_TAG = re.compile(r"</?[a-z][a-z0-9]*\s*/?>", re.IGNORECASE)  # simple markup such as <b>...</b>
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 _WRAP = "\"'`“”‘’«»*_ "
 _FENCE = re.compile(r"<\s*/?\s*caption\b(?:[^<>]{0,40}>)?", re.IGNORECASE)
@@ -110,8 +112,12 @@ def clean_output(text: str) -> str:
     for line in (line.strip() for line in text.splitlines()):
         if not line or _chatter_only(line):
             continue
-        stripped = _BULLET.sub("", _CHATTER.sub("", line, count=1)).strip(_WRAP)
-        stripped = _BULLET.sub("", stripped).strip(_WRAP)
+        stripped = _TAG.sub(" ", line)
+        while True:  # 'The caption is: "The caption is: ..."' loses both preambles
+            new = _BULLET.sub("", _CHATTER.sub("", stripped, count=1)).strip(_WRAP)
+            if new == stripped:
+                break
+            stripped = new
         if stripped:
             return normalise(stripped)
     return ""
@@ -176,6 +182,15 @@ def _misspelt(text_stems: Sequence[str], name: str, exact: set[str] = frozenset(
         if any(all(same(w, t) for w, t in zip(text_stems[i : i + n], target)) for i in range(len(text_stems) - n + 1)):
             return True
     return False
+
+
+def lost_classes(original: str, caption: str, classnames: Iterable[str]) -> list[str]:
+    """Classes the original names (as written or misspelt) that the caption does not name."""
+    classnames = list(classnames)
+    exact = {w for c in classnames for target in class_names(c) if len(target) == 1 for w in target}
+    out_stems, orig_stems = _stems(caption), _stems(original)
+    return sorted(c for c in classnames if (mentioned(orig_stems, c) or _misspelt(orig_stems, c, exact))
+                  and not mentioned(out_stems, c) and not _misspelt(out_stems, c, exact))
 
 
 def invented_classes(original: str, caption: str, evidence: Sequence[str], classnames: Iterable[str]) -> list[str]:
@@ -258,6 +273,8 @@ class Validator:
             return "spam"
         if classnames is not None and invented_classes(original, caption, evidence, classnames):
             return "invented_object"
+        if classnames is not None and lost_classes(original, caption, classnames):
+            return "lost_object"
         evidence_words = {w for name in evidence for w in words(name)}
         known = set(orig_words) | evidence_words
         known_stems = {stem(w) for w in known}
