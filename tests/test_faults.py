@@ -253,9 +253,11 @@ def _check_text_manifest(manifest: dict, good: list[str]) -> None:
     totals = manifest["totals"]
     assert totals["shards_written"] == 1 and totals["samples_in"] == len(good) + len(CAPTION_FAULTS)
     # Every sidecar row is rewritten, unchanged, a counted fallback or a counted skip; shard samples without a
-    # vision row (corrupt, truncated, no image) are counted apart as no_sidecar_entry.
+    # vision row (corrupt, truncated, no image) are counted apart as no_sidecar_entry; tar members with no key
+    # (the ``..`` sample's two files) are not samples and are counted apart as bad_key.
     handled = totals["rewritten"] + totals["unchanged"] + sum(totals["fallback"].values())
-    skipped = {reason: n for reason, n in totals["skipped"].items() if reason != "no_sidecar_entry"}
+    skipped = {reason: n for reason, n in totals["skipped"].items() if reason not in ("no_sidecar_entry", "bad_key")}
+    assert totals["skipped"].get("bad_key", 0) >= 1
     assert handled + sum(skipped.values()) == totals["samples_in"]
     assert sum(skipped.values()) >= 2  # the missing and the non-UTF-8 caption are never sent
     assert totals["skipped"].get("no_sidecar_entry", 0) >= 3
