@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lightning_juicer.data.datamodule import JuicerDataModule
 from lightning_juicer.errors import ConfigError, exit_on_user_error
-from lightning_juicer.models.checkpoint import check_checkpoint_hparams
+from lightning_juicer.models.checkpoint import EVALUATION_CHANGEABLE, RESUME_CHANGEABLE, check_checkpoint_hparams
 from lightning_juicer.models.export import export_checkpoint
 from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.outputs import check_writable
@@ -29,13 +29,15 @@ class JuicerCLI(LightningCLI):
 
     ``--ckpt_path`` never replaces the configured model: LightningCLI would swap the model's arguments
     for the checkpoint's hyper-parameters; here a checkpoint of another model config is refused in one
-    line naming the differing keys (``models.checkpoint.RESUME_CHANGEABLE`` may differ).
+    line naming the differing keys (``RESUME_CHANGEABLE`` may differ when resuming a fit,
+    ``EVALUATION_CHANGEABLE`` when validating or testing: no optimizer is restored then).
     """
 
     def _check_ckpt(self, path: str | Path) -> None:
         model = self.config[self.config.subcommand].get("model")
         init_args = getattr(model, "init_args", None) or {}
-        check_checkpoint_hparams(str(path), getattr(model, "class_path", None), init_args)
+        changeable = RESUME_CHANGEABLE if self.config.subcommand == "fit" else EVALUATION_CHANGEABLE
+        check_checkpoint_hparams(str(path), getattr(model, "class_path", None), init_args, changeable=changeable)
 
     def _parse_ckpt_path(self) -> None:
         """Check the checkpoint's model arguments against the config instead of adopting them."""

@@ -55,6 +55,12 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, A
 # optimizer and schedule) must match: Lightning restores the optimizer and scheduler state from the
 # checkpoint, so a changed lr or warm-up would be silently ignored.
 RESUME_CHANGEABLE = ("grad_checkpointing", "nonfinite_loss")
+# Evaluating a checkpoint (validate / test / predict) restores its weights and no optimizer: the
+# optimisation settings and the initialisation (replaced by the checkpoint's weights) may also differ.
+EVALUATION_CHANGEABLE = RESUME_CHANGEABLE + (
+    "lr", "weight_decay", "betas", "eps", "warmup_steps", "min_lr_ratio",
+    "pretrained", "vision_init", "init_logit_scale", "init_logit_bias",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -69,12 +75,14 @@ def _plain(value: Any) -> Any:
 
 
 def check_checkpoint_hparams(
-    path: str, class_path: str | None, init_args: Mapping[str, Any], key: str = "ckpt_path"
+    path: str, class_path: str | None, init_args: Mapping[str, Any], key: str = "ckpt_path",
+    changeable: tuple[str, ...] = RESUME_CHANGEABLE,
 ) -> None:
     """Refuse, in one line naming the differing keys, a checkpoint whose model arguments differ from the config's.
 
     Lightning's CLI would otherwise replace the configured model arguments by the checkpoint's
-    without a word. Keys in ``RESUME_CHANGEABLE`` may differ; keys the checkpoint does not record
+    without a word. Keys in ``changeable`` may differ (``RESUME_CHANGEABLE`` when resuming a fit,
+    ``EVALUATION_CHANGEABLE`` when evaluating); keys the checkpoint does not record
     (written by an older version) are not compared.
     """
     hparams = dict(load_lightning_checkpoint(path, key).get("hyper_parameters") or {})
@@ -84,10 +92,10 @@ def check_checkpoint_hparams(
         raise ConfigError(f"{key}: {path} holds a {stored_class}, the config builds a {class_path}")
     wanted, stored = _plain(init_args), _plain(hparams)
     differing = sorted(name for name in wanted.keys() & stored.keys()
-                       if name not in RESUME_CHANGEABLE and wanted[name] != stored[name])
+                       if name not in changeable and wanted[name] != stored[name])
     if differing:
         shown = "; ".join(f"model.init_args.{n}: checkpoint {stored[n]!r} vs config {wanted[n]!r}"
                           for n in differing[:3])
         more = f" (+{len(differing) - 3} more)" if len(differing) > 3 else ""
         raise ConfigError(f"{key}: {path} was trained with another model config: {shown}{more}; use the run's "
-                          f"config.yaml (only {', '.join(RESUME_CHANGEABLE)} may change)")
+                          f"config.yaml (only {', '.join(changeable)} may change)")
