@@ -12,7 +12,7 @@ from lightning_juicer.sieves.neighbors import knn
 
 def d2_prune(
     x: np.ndarray, difficulty: np.ndarray, n_keep: int, k: int = 10, gamma_forward: float = 1.0,
-    gamma_reverse: float = 1.0, gpu: bool = False, nprobe: int = 32,
+    gamma_reverse: float = 1.0, gpu: bool = False, nprobe: int = 8,
 ) -> Kept:
     """Keep n_keep rows: s' = s + sum_j exp(-g_f d_ij) s_j, then pick the max s' and lower its neighbours by exp(-g_r d_ij) s'_i.
 

@@ -2,8 +2,8 @@
 
 Scaling: k-means trains on at most ``TRAIN_POINTS_PER_CENTROID`` rows per centroid (faiss's own
 subsampling) and assigns every row with one flat search, O(n k d); kNN is exact (flat) up to
-``EXACT_KNN_MAX`` rows and an IVF index above (``nlist`` ~ 4 sqrt(n) lists, ``nprobe`` probed),
-O(n (nlist + nprobe n / nlist) d) instead of O(n^2 d). Searches run in row chunks, so no [n, n]
+``EXACT_KNN_MAX`` rows and an IVF index above (``nlist`` ~ sqrt(n) lists trained on 64 rows each,
+``nprobe`` probed), O(n (nlist + nprobe n / nlist) d) = O(n^1.5 d) instead of O(n^2 d). Searches run in row chunks, so no [n, n]
 matrix is ever built.
 """
 
@@ -57,9 +57,12 @@ def spherical_kmeans(
     return Clusters(centroids, labels[:, 0].astype(np.int64), similarity[:, 0])
 
 
+IVF_TRAIN_POINTS_PER_LIST = 64
+
+
 def ivf_lists(n: int) -> int:
-    """IVF list count for n rows: ~4 sqrt(n) (faiss's guideline), at least 1, at most n / 39 (training sample)."""
-    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+    """IVF list count for n rows: ~sqrt(n) (list length ~ list count: balances the two search costs), <= n / 39."""
+    return max(1, min(round(np.sqrt(n)), n // 39))
 
 
 def _index(base: np.ndarray, gpu: bool, nlist: int | None = None, nprobe: int = 1, seed: int = 0) -> faiss.Index:
@@ -69,7 +72,7 @@ def _index(base: np.ndarray, gpu: bool, nlist: int | None = None, nprobe: int = 
     else:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_CENTROID
+        index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
         index.train(base)
         index.nprobe = min(nprobe, nlist)
     if gpu:
@@ -93,7 +96,7 @@ def _search(base: np.ndarray, queries: np.ndarray, k: int, gpu: bool) -> tuple[n
 
 def knn(
     x: np.ndarray, k: int, gpu: bool = False, exact_max: int = EXACT_KNN_MAX, nlist: int | None = None,
-    nprobe: int = 32, seed: int = 0,
+    nprobe: int = 8, seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarities [n, k] and indices [n, k] of each unit row's k nearest other rows.
 
