@@ -15,6 +15,7 @@ import math
 import traceback
 
 import lightning as L
+import pytest
 import torch
 
 from lightning_juicer.callbacks import ImageThroughput, RunSummary
@@ -81,9 +82,10 @@ def test_training_steps_make_no_host_reads(tmp_path, tiny_synthetic, tiny_model_
                           governor=GovernorConfig(name="juicer-synthetic"))
     spy = SyncSpy(start=1, stop=5)
     poison = PoisonAt(3)
+    throughput = ImageThroughput(window_size=2, every_n_steps=2)  # logs (host numbers only) inside the spied steps
     trainer = L.Trainer(max_steps=7, default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
                         limit_val_batches=0, enable_model_summary=False, log_every_n_steps=50,
-                        callbacks=[ImageThroughput(), RunSummary(), poison, spy])
+                        callbacks=[throughput, RunSummary(), poison, spy])
     before = {k: v.clone() for k, v in module.state_dict().items()}
     trainer.fit(module, dm)
     assert not spy.saved, "the spy must have been removed"
@@ -94,6 +96,10 @@ def test_training_steps_make_no_host_reads(tmp_path, tiny_synthetic, tiny_model_
     assert all(torch.isfinite(v).all() for v in module.state_dict().values())
     # the poisoned step was skipped on the device and counted at the end-of-training check
     assert dm.drops["nonfinite_loss"] == 8
+    # the throughput callback still measures: images/s and image tokens/s (CLS + 32 of 64 patches)
+    rates = throughput.throughput.compute()
+    assert rates["samples"] == 48 and rates["device/samples_per_sec"] > 0
+    assert rates["device/items_per_sec"] == pytest.approx(33 * rates["device/samples_per_sec"])
 
 
 def test_the_spy_sees_a_host_read_in_a_training_step(tmp_path, tiny_synthetic, tiny_model_args):
