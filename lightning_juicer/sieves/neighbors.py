@@ -3,8 +3,8 @@
 Scaling: k-means trains on at most ``TRAIN_POINTS_PER_CENTROID`` rows per centroid (faiss's own
 subsampling) and assigns every row with one flat search, O(n k d); kNN is exact (flat) up to
 ``EXACT_KNN_MAX`` rows and an IVF index above (``nlist`` ~ sqrt(n) lists trained on 64 rows each,
-``nprobe`` probed), O(n (nlist + nprobe n / nlist) d) = O(n^1.5 d) instead of O(n^2 d). Searches run in row chunks, so no [n, n]
-matrix is ever built.
+``nprobe`` probed), O(n (nlist + nprobe n / nlist) d) = O(n^1.5 d) instead of O(n^2 d). Searches
+run in row chunks, so no [n, n] matrix is ever built.
 """
 
 from __future__ import annotations
