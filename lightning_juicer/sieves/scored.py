@@ -24,9 +24,13 @@ def random_keep(n: int, n_keep: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=n_keep, replace=False))
 
 
-def clip_score(image: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """Image-text cosine per sample (DataComp's CLIP score)."""
-    return np.einsum("nd,nd->n", normalise(image), normalise(text))
+def clip_score(image: np.ndarray, text: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Image-text cosine per sample (DataComp's CLIP score), ``block`` rows at a time (no normalised copies)."""
+    out = np.empty(len(image), dtype=np.float32)
+    for start in range(0, len(image), block):
+        stop = start + block
+        out[start:stop] = np.einsum("nd,nd->n", normalise(image[start:stop]), normalise(text[start:stop]))
+    return out
 
 
 def neg_clip_loss(
