@@ -5,12 +5,15 @@
         --student ViT-B-16 --images 8192 --batch-size 256 --num-workers 8          # real-size, GPU
 
 Target: precomputed top-k selection at >= 0.95x the samples/s of full images (selection is free);
-on-the-fly adds the governor's forward on the device after transfer.
+on-the-fly adds the governor's forward on the device after transfer. The four streams are measured
+interleaved in ``--rounds`` rounds (each round starts one stream later); printed are the median
+samples/s with min-max and the per-round ratio to full images, median (min-max).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=24)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--keep-ratio", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--root", default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,11 +77,19 @@ def main() -> None:
         "topk precomputed": dict(selection="topk", scores="sidecar", sidecar_dir=str(root / "side")),
         "topk on the fly": dict(selection="topk", scores="on_the_fly"),
     }
-    rates = {name: samples_per_second(JuicerDataModule(**common, **mode), device, args.batches) for name, mode in modes.items()}
-    print(f"device: {device}, {args.image_size} px, batch {args.batch_size}, {args.num_workers} workers, r={args.keep_ratio}")
-    for name, rate in rates.items():
-        print(f"{name:>18}: {rate:8.1f} samples/s   {rate / rates['full']:.2f}x of full")
-
+    modules = {name: JuicerDataModule(**common, **mode) for name, mode in modes.items()}
+    names = list(modules)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        order = names[round_ % len(names):] + names[: round_ % len(names)]
+        for name in order:
+            rates[name].append(samples_per_second(modules[name], device, args.batches))
+    print(f"device: {device}, {args.image_size} px, batch {args.batch_size}, {args.num_workers} workers, r={args.keep_ratio}, "
+          f"{args.rounds} interleaved rounds of {args.batches} batches")
+    for name, values in rates.items():
+        ratio = [v / f for v, f in zip(values, rates["full"])]
+        print(f"{name:>18}: {statistics.median(values):8.1f} samples/s ({min(values):.1f}-{max(values):.1f})   "
+              f"{statistics.median(ratio):.2f}x of full ({min(ratio):.2f}-{max(ratio):.2f})")
 
 if __name__ == "__main__":
     main()

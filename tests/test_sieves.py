@@ -130,6 +130,24 @@ def test_knn_matches_brute_force():
     np.testing.assert_allclose(sims, np.take_along_axis(full, idx, 1), atol=1e-5)
 
 
+def test_knn_above_the_exact_limit_uses_ivf_and_finds_most_true_neighbours():
+    rng = np.random.default_rng(16)
+    centres = normalise(rng.normal(size=(30, 16)))
+    x = normalise(centres[rng.integers(0, 30, 3000)] + 0.15 * rng.normal(size=(3000, 16)))
+    exact_sims, exact = knn(x, 5)
+    sims, idx = knn(x, 5, exact_max=100, nprobe=4)  # IVF: ~55 lists, 4 probed
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, idx)])
+    assert 0.8 <= recall < 1.0  # approximate, but finds most neighbours of clustered embeddings
+    assert (idx != np.arange(3000)[:, None]).all() and (sims <= exact_sims[:, :1] + 1e-5).all()
+
+
+def test_neg_clip_loss_in_row_blocks_equals_one_block():
+    rng = np.random.default_rng(17)
+    f, g = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
+    whole = neg_clip_loss(f, g, 0.05, batch_size=20, repeats=2, seed=1)
+    np.testing.assert_allclose(neg_clip_loss(f, g, 0.05, batch_size=20, repeats=2, seed=1, block=3), whole, atol=1e-6)
+
+
 def test_d2_pruning_equals_a_naive_implementation():
     rng = np.random.default_rng(7)
     x, difficulty = normalise(rng.normal(size=(50, 6))), rng.uniform(size=50)

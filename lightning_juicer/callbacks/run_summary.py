@@ -16,14 +16,16 @@ class RunSummary(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Log running drop totals of this rank (``data/dropped_<reason>``)."""
-        drops = getattr(trainer.datamodule, "drops", None)
-        if drops and trainer._logger_connector.should_update_logs:
+        if not trainer._logger_connector.should_update_logs:
+            return
+        drops = _settled(trainer.datamodule)
+        if drops:
             for reason, count in drops.items():
                 pl_module.log(f"data/dropped_{reason}", float(count), on_step=True, on_epoch=False)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         """Sum drops over ranks, write ``manifest.json`` and print log dir and checkpoint paths."""
-        drops = getattr(trainer.datamodule, "drops", {}) or {}
+        drops = _settled(trainer.datamodule) or {}
         reasons = DROP_REASONS + FALLBACK_REASONS
         counts = torch.tensor([float(drops.get(r, 0)) for r in reasons], device=pl_module.device)
         counts = trainer.strategy.reduce(counts, reduce_op="sum")
@@ -49,3 +51,9 @@ class RunSummary(L.Callback):
             f"manifest:    {log_dir / 'manifest.json'}  dropped={manifest['dropped'] or 0}",
         ]
         print("\n".join(["", "run finished", *lines]), flush=True)
+
+
+def _settled(datamodule) -> dict | None:
+    """The DataModule's drop totals, with the counts it keeps on the device folded in (a sync: logging steps only)."""
+    settle = getattr(datamodule, "settle_counts", None)
+    return settle() if settle is not None else getattr(datamodule, "drops", None)

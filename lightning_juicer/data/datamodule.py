@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import lightning as L
+import torch
 
 from lightning_juicer.data.drops import DropCounter, merge_drops
 from lightning_juicer.data.pipeline import SAMPLING_MODES, batches_per_epoch, build_loader
@@ -129,6 +130,7 @@ class JuicerDataModule(L.LightningDataModule):
         self.scores = scores
         self.governor = governor or GovernorConfig()
         self.online_selector: OnlineSelector | None = None
+        self._device_fallbacks = None  # on-the-fly fallback count on the device, folded by settle_counts
         self.full_patches_from_step: int | None = None  # set by callbacks.FullPatchPhase
         self.sidecar_dir = sidecar_dir
         self.missing_sidecar = missing_sidecar
@@ -298,9 +300,18 @@ class JuicerDataModule(L.LightningDataModule):
             batch["keep"] = None
         elif self.online_selector is not None and training:
             batch["keep"], fallbacks = self.online_selector(batch["image"])
-            if fallbacks:
+            if torch.is_tensor(fallbacks):  # counted on the device; read by settle_counts (no sync per step)
+                self._device_fallbacks = fallbacks if self._device_fallbacks is None else self._device_fallbacks + fallbacks
+            elif fallbacks:
                 self.drops["nonfinite_scores"] += fallbacks
         return batch
+
+    def settle_counts(self) -> Counter:
+        """Fold the counts kept on the device (on-the-fly random fallbacks) into ``drops``; one sync. Returns ``drops``."""
+        pending, self._device_fallbacks = self._device_fallbacks, None
+        if pending is not None and (count := int(pending)):
+            self.drops["nonfinite_scores"] += count
+        return self.drops
 
     @property
     def in_full_patch_phase(self) -> bool:
@@ -310,7 +321,7 @@ class JuicerDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Drop totals survive checkpoint/resume."""
-        return {"drops": dict(self.drops)}
+        return {"drops": dict(self.settle_counts())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore drop totals from a checkpoint."""

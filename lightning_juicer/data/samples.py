@@ -2,63 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import random
 from typing import Callable
 
-import numpy as np
 import torch
-from PIL import Image
 
+from lightning_juicer.data.decode import WIDE_MODES, DraftedDecoder, load_rgb, to_8bit  # noqa: F401 (re-exported)
 from lightning_juicer.data.drops import DropCounter
 from lightning_juicer.governor.selection import SCORE_STRATEGIES, resample_scores, select_from_scores, select_patches
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt",)
 CAPTION_SOURCES = ("original", "juiced", "mix")
-
-
-# Single-channel modes of more than 8 bits: 16-bit PNG/TIFF (I;16*), 32-bit integer (I) and float (F).
-WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-
-def to_8bit(image: Image.Image) -> Image.Image:
-    """A 16-bit, 32-bit or float grayscale image as 8-bit ``L``, its value range stretched to 0..255.
-
-    PIL's own ``convert`` clips these modes at 255, so a 16-bit photograph becomes a white image.
-    Values are stretched from the image's finite minimum to its maximum (a 12-bit scan stored in 16
-    bits is not left dark); a constant image keeps its level on the mode's scale (16-bit / 257,
-    float in [0, 1] x 255, else clipped). An image with no finite pixel is refused (ValueError, a
-    counted ``corrupt_image``).
-    """
-    values = np.asarray(image, dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        raise ValueError(f"{image.mode} image has no finite pixel value")
-    lo, hi = float(values[finite].min()), float(values[finite].max())
-    if hi > lo:
-        scaled = (np.where(finite, values, lo) - lo) * (255.0 / (hi - lo))
-    elif image.mode.startswith("I;16") or (image.mode == "I" and hi > 255):
-        scaled = np.full(values.shape, lo / 257.0)
-    elif image.mode == "F" and 0.0 <= lo <= 1.0:
-        scaled = np.full(values.shape, lo * 255.0)
-    else:
-        scaled = np.full(values.shape, lo)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-
-
-def load_rgb(data: bytes) -> Image.Image:
-    """Decode image bytes to RGB; transparent images are composited on white, grayscale is expanded,
-    16-bit / 32-bit / float grayscale is scaled to 8 bits by its value range (``to_8bit``)."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    if image.mode in WIDE_MODES:
-        return to_8bit(image).convert("RGB")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 class SampleDecoder:
@@ -80,6 +35,7 @@ class SampleDecoder:
         juiced_prob: float = 1.0,
     ) -> None:
         self.transform = transform
+        self.decode = DraftedDecoder(transform)  # JPEGs decoded at the reduced size the resize allows
         self.drops = drops
         self.missing_scores = missing_scores
         self.captions = captions
@@ -114,7 +70,7 @@ class SampleDecoder:
             self.drops.drop("no_caption", key, "empty caption")
             return None
         try:
-            image = load_rgb(image_bytes)
+            image = self.decode(image_bytes)
         except Exception as exn:  # PIL raises many types for broken files
             self.drops.drop("corrupt_image", key, repr(exn))
             return None

@@ -25,7 +25,6 @@ An image that cannot be read, or a sample without captions or label, comes back 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -36,9 +35,9 @@ from typing import Callable, Iterator
 import torch
 import webdataset as wds
 from open_clip import IMAGENET_CLASSNAMES
-from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from lightning_juicer.data.decode import DraftedDecoder
 from lightning_juicer.data.shards import expand_shards
 from lightning_juicer.errors import ConfigError
 
@@ -89,8 +88,7 @@ def read_classnames(path: str | Path, key: str) -> list[str]:
 def load_image(source: str | Path | bytes, transform: Callable, what: str) -> torch.Tensor | None:
     """Decode and transform an image file or bytes; None (logged) when it cannot be read."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            return transform(img.convert("RGB"))
+        return transform(DraftedDecoder(transform)(source))
     except Exception as exn:  # noqa: BLE001 - any decode failure is a counted skip
         _warn("evaluation image %s unreadable, counted as skipped: %r", what, exn)
         return None

@@ -93,7 +93,9 @@ def select_from_scores(
 ) -> tuple[torch.Tensor | None, int]:
     """Kept indices [B, k] (or None for all) from scores [B, m], and how many samples fell back to random.
 
-    A sample whose scores are not all finite is selected uniformly at random (and counted).
+    A sample whose scores are not all finite is selected uniformly at random (and counted). For the
+    score strategies the count is a 0-dim tensor on the scores' device (reading it is the caller's
+    choice: the training step accumulates it on the device, see ``JuicerDataModule.settle_counts``).
     """
     batch, num_patches = scores.shape
     if strategy == "full" or keep_ratio >= 1.0:
@@ -106,10 +108,9 @@ def select_from_scores(
     bad = ~torch.isfinite(scores).all(dim=1)
     clean = scores.float().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
     keep = select_topk(clean, k) if strategy == "topk" else select_stratified(clean, k, generator)
-    num_bad = int(bad.sum())
-    if num_bad:
-        keep[bad] = select_random(num_bad, num_patches, k, generator, keep.device).to(keep.device)
-    return keep, num_bad
+    # Random picks for every row, used where the scores were bad: no host sync on the count (training step).
+    fallback = select_random(batch, num_patches, k, generator, keep.device).to(keep.device)
+    return torch.where(bad[:, None], fallback, keep), bad.sum()
 
 
 def patch_kmeans(features: torch.Tensor, num_clusters: int, iters: int = 10, generator=None) -> torch.Tensor:

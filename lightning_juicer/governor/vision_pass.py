@@ -59,7 +59,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision.transforms import v2 as T
 
-from lightning_juicer.data.samples import CAPTION_EXTS, IMAGE_EXTS, load_rgb
+from lightning_juicer.data.decode import DraftedDecoder
+from lightning_juicer.data.samples import CAPTION_EXTS, IMAGE_EXTS
 from lightning_juicer.data.shards import count_samples, expand_shards
 from lightning_juicer.data.tars import tar_samples
 from lightning_juicer.errors import ConfigError
@@ -338,6 +339,7 @@ def shard_batches(
         errors.append(f"{type(exn).__name__}: {' '.join(first.split())[:300]}".rstrip(": "))
         return True
 
+    decode = DraftedDecoder(transform)
     counts: Counter[str] = Counter()
     seen: set[str] = set()
     keys: list[str] = []
@@ -365,7 +367,7 @@ def shard_batches(
             _skip(counts, "no_caption", key, job.url)
             continue
         try:
-            image = transform(load_rgb(data))
+            image = transform(decode(data))
         except Exception as exn:  # PIL raises many types for broken files
             _skip(counts, "corrupt_image", key, job.url, repr(exn))
             continue

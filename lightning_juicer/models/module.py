@@ -20,7 +20,7 @@ from lightning_juicer.models.family import (
     compute_losses,
     family_model_kwargs,
 )
-from lightning_juicer.models.guards import NONFINITE_POLICIES, guard_loss
+from lightning_juicer.models.guards import NONFINITE_POLICIES, LossGuard
 from lightning_juicer.models.optim import param_groups, warmup_cosine
 from lightning_juicer.models.tower import check_variable_token_tower, encode_kept
 from lightning_juicer.models.vision_init import warm_start_visual
@@ -60,7 +60,10 @@ class JuicerCLIP(L.LightningModule):
         max_logit_scale: the learned temperature's exp is clamped to this after every step.
         grad_checkpointing: activation checkpointing in both towers.
         nonfinite_loss: a NaN/inf training loss stops the run naming the step and the batch keys (``raise``),
-            or the batch is skipped and its samples counted as ``nonfinite_loss`` drops (``skip``).
+            or the batch is skipped and its samples counted as ``nonfinite_loss`` drops (``skip``). The skip
+            happens on the device (fused AdamW's ``found_inf``); the host reads the flags every
+            ``nonfinite_check_every`` steps (models/guards.py), so a ``raise`` comes up to that many steps late.
+        nonfinite_check_every: steps between the guard's host checks (each check is one device sync).
     """
 
     def __init__(
@@ -86,8 +89,11 @@ class JuicerCLIP(L.LightningModule):
         max_logit_scale: float = 100.0,
         grad_checkpointing: bool = False,
         nonfinite_loss: str = "raise",
+        nonfinite_check_every: int = 100,
     ) -> None:
         super().__init__()
+        if nonfinite_check_every < 1:
+            raise ConfigError(f"model.init_args.nonfinite_check_every: {nonfinite_check_every} must be >= 1")
         if nonfinite_loss not in NONFINITE_POLICIES:
             raise ConfigError(f"model.init_args.nonfinite_loss: {nonfinite_loss!r} is not one of {NONFINITE_POLICIES}")
         if vision_init and pretrained:
@@ -107,6 +113,7 @@ class JuicerCLIP(L.LightningModule):
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.train_loss = self.build_loss()
         self.eval_loss = self.build_loss()
+        self.guard = LossGuard(nonfinite_loss, nonfinite_check_every)
 
     def build_loss(self, rank: int = 0, world_size: int = 1) -> torch.nn.Module:
         """open_clip's loss for this model's family and the hparams, for ``world_size`` ranks."""
@@ -169,11 +176,12 @@ class JuicerCLIP(L.LightningModule):
         """The family's loss on the kept patches (None skips a non-finite batch under ``nonfinite_loss: skip``)."""
         outputs = self(batch)
         terms = compute_losses(self.train_loss, outputs)
-        loss = guard_loss(self, terms["loss"], batch, self.hparams.nonfinite_loss)
+        loss = self.guard.record(self, terms["loss"], batch)
         if loss is None:
             return None
         batch_size = batch["text"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        # Not on the progress bar: Lightning turns progress-bar values into Python numbers every step (a device sync).
+        self.log("train/loss", loss, batch_size=batch_size)
         if self.family == "coca":
             for name in ("contrastive_loss", "caption_loss"):
                 self.log(f"train/{name}", terms[name], batch_size=batch_size)
@@ -182,10 +190,28 @@ class JuicerCLIP(L.LightningModule):
             self.log("train/logit_bias", outputs["logit_bias"], batch_size=batch_size)
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A non-finite loss or gradient skips this step inside the fused optimizer (no host sync)."""
+        self.guard.before_optimizer_step(optimizer)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Clamp the temperature as CLIP does: exp(logit_scale) <= max_logit_scale."""
+        """Clamp the temperature as CLIP does: exp(logit_scale) <= max_logit_scale; every N steps check the guard."""
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(self.hparams.max_logit_scale))
+        if self.guard.due():
+            self.guard.check(self)
+
+    def on_train_epoch_end(self) -> None:
+        """Check the guard's pending steps (raise or count their drops) at every epoch end."""
+        self.guard.check(self)
+
+    def on_train_end(self) -> None:
+        """Check the guard's pending steps before the run summary reads the drop counts."""
+        self.guard.check(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint is written only after the guard's pending steps are checked."""
+        self.guard.check(self)
 
     def _eval_step(self, batch: dict, prefix: str) -> None:
         outputs = self(batch)

@@ -12,19 +12,23 @@ from lightning_juicer.sieves.neighbors import knn
 
 def d2_prune(
     x: np.ndarray, difficulty: np.ndarray, n_keep: int, k: int = 10, gamma_forward: float = 1.0,
-    gamma_reverse: float = 1.0, gpu: bool = False,
+    gamma_reverse: float = 1.0, gpu: bool = False, nprobe: int = 8,
 ) -> Kept:
     """Keep n_keep rows: s' = s + sum_j exp(-g_f d_ij) s_j, then pick the max s' and lower its neighbours by exp(-g_r d_ij) s'_i.
 
     d_ij is the Euclidean distance of the unit embeddings; difficulty is clipped at 0 so scores only fall.
+    Above ``neighbors.EXACT_KNN_MAX`` rows the kNN graph comes from faiss IVF (``nprobe`` lists probed);
+    a neighbour slot IVF left empty carries no weight.
     """
     s = np.clip(np.asarray(difficulty, dtype=np.float64), 0.0, None)
     if len(x) < 2:
         return Kept(np.arange(min(len(x), n_keep)), {"knn": 0})
-    sims, idx = knn(x, k, gpu=gpu)
+    sims, idx = knn(x, k, gpu=gpu, nprobe=nprobe)
+    found = idx >= 0
+    idx = np.where(found, idx, 0)
     dist = np.sqrt(np.clip(2.0 - 2.0 * sims.astype(np.float64), 0.0, None))
-    score = s + (np.exp(-gamma_forward * dist) * s[idx]).sum(axis=1)
-    weight = np.exp(-gamma_reverse * dist)
+    score = s + (found * np.exp(-gamma_forward * dist) * s[idx]).sum(axis=1)
+    weight = found * np.exp(-gamma_reverse * dist)
     heap = [(-v, i) for i, v in enumerate(score)]
     heapq.heapify(heap)
     chosen = np.zeros(len(x), dtype=bool)

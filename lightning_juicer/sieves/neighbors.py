@@ -1,4 +1,11 @@
-"""faiss k-means and k-nearest neighbours on L2-normalised embeddings (CPU; ``gpu=True`` uses faiss-gpu)."""
+"""faiss k-means and k-nearest neighbours on L2-normalised embeddings (CPU; ``gpu=True`` uses faiss-gpu).
+
+Scaling: k-means trains on at most ``TRAIN_POINTS_PER_CENTROID`` rows per centroid (faiss's own
+subsampling) and assigns every row with one flat search, O(n k d); kNN is exact (flat) up to
+``EXACT_KNN_MAX`` rows and an IVF index above (``nlist`` ~ sqrt(n) lists trained on 64 rows each,
+``nprobe`` probed), O(n (nlist + nprobe n / nlist) d) = O(n^1.5 d) instead of O(n^2 d). Searches
+run in row chunks, so no [n, n] matrix is ever built.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +29,11 @@ def _check_gpu(gpu: bool) -> None:
         raise ConfigError("gpu: true needs the faiss-gpu build and a visible GPU; set gpu: false")
 
 
+TRAIN_POINTS_PER_CENTROID = 256  # faiss's default sample for k-means training
+EXACT_KNN_MAX = 20_000  # above this many rows knn uses an IVF index (exact is O(n^2 d))
+SEARCH_CHUNK = 65536  # query rows per faiss search call
+
+
 class Clusters(NamedTuple):
     """Spherical k-means result: unit centroids [k, d], each row's cluster [n] and cosine to it [n]."""
 
@@ -38,27 +50,66 @@ def spherical_kmeans(
     x = normalise(x)
     k = max(1, min(int(k), len(x)))
     kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, spherical=True, gpu=gpu, verbose=False,
-                          min_points_per_centroid=1, max_points_per_centroid=1 << 30)
+                          min_points_per_centroid=1, max_points_per_centroid=TRAIN_POINTS_PER_CENTROID)
     kmeans.train(x)
     centroids = normalise(kmeans.centroids)
     similarity, labels = _search(centroids, x, 1, gpu)
     return Clusters(centroids, labels[:, 0].astype(np.int64), similarity[:, 0])
 
 
-def _search(base: np.ndarray, queries: np.ndarray, k: int, gpu: bool) -> tuple[np.ndarray, np.ndarray]:
-    index = faiss.IndexFlatIP(base.shape[1])
+IVF_TRAIN_POINTS_PER_LIST = 64
+
+
+def ivf_lists(n: int) -> int:
+    """IVF list count for n rows: ~sqrt(n) (list length ~ list count: balances the two search costs), <= n / 39."""
+    return max(1, min(round(np.sqrt(n)), n // 39))
+
+
+def _index(base: np.ndarray, gpu: bool, nlist: int | None = None, nprobe: int = 1, seed: int = 0) -> faiss.Index:
+    d = base.shape[1]
+    if nlist is None:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
+        index.train(base)
+        index.nprobe = min(nprobe, nlist)
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(base)
-    return index.search(queries, k)
+    return index
 
 
-def knn(x: np.ndarray, k: int, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities [n, k] and indices [n, k] of each unit row's k nearest other rows."""
+def _chunked(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    sims = np.empty((len(queries), k), dtype=np.float32)
+    idx = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), SEARCH_CHUNK):
+        stop = min(len(queries), start + SEARCH_CHUNK)
+        sims[start:stop], idx[start:stop] = index.search(queries[start:stop], k)
+    return sims, idx
+
+
+def _search(base: np.ndarray, queries: np.ndarray, k: int, gpu: bool) -> tuple[np.ndarray, np.ndarray]:
+    return _chunked(_index(base, gpu), queries, k)
+
+
+def knn(
+    x: np.ndarray, k: int, gpu: bool = False, exact_max: int = EXACT_KNN_MAX, nlist: int | None = None,
+    nprobe: int = 8, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities [n, k] and indices [n, k] of each unit row's k nearest other rows.
+
+    Exact (flat index) up to ``exact_max`` rows; above, an IVF index with ``nlist`` lists (None:
+    ``ivf_lists(n)``) searching ``nprobe`` of them, approximate: a row may miss some true neighbours.
+    A row IVF finds fewer than k neighbours for gets index -1 and similarity -1 in the missing slots.
+    """
     _check_gpu(gpu)
     x = normalise(x)
     k = max(1, min(int(k), len(x) - 1))
-    sims, idx = _search(x, x, k + 1, gpu)
+    nlist = None if len(x) <= exact_max else (nlist or ivf_lists(len(x)))
+    sims, idx = _chunked(_index(x, gpu, nlist, nprobe, seed), x, k + 1)
+    sims[idx < 0] = -1.0
     # Drop each row itself (usually column 0, but exact duplicates may come first).
     own = idx == np.arange(len(x))[:, None]
     own[own.sum(1) == 0, -1] = True

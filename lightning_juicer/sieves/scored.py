@@ -24,17 +24,24 @@ def random_keep(n: int, n_keep: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=n_keep, replace=False))
 
 
-def clip_score(image: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """Image-text cosine per sample (DataComp's CLIP score)."""
-    return np.einsum("nd,nd->n", normalise(image), normalise(text))
+def clip_score(image: np.ndarray, text: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Image-text cosine per sample (DataComp's CLIP score), ``block`` rows at a time (no normalised copies)."""
+    out = np.empty(len(image), dtype=np.float32)
+    for start in range(0, len(image), block):
+        stop = start + block
+        out[start:stop] = np.einsum("nd,nd->n", normalise(image[start:stop]), normalise(text[start:stop]))
+    return out
 
 
 def neg_clip_loss(
-    image: np.ndarray, text: np.ndarray, temperature: float, batch_size: int, repeats: int, seed: int
+    image: np.ndarray, text: np.ndarray, temperature: float, batch_size: int, repeats: int, seed: int,
+    block: int = 4096,
 ) -> np.ndarray:
     """negCLIPLoss: f_i.g_i - (tau/2)[logsumexp_j(f_i.g_j/tau) + logsumexp_j(f_j.g_i/tau)] over random batches.
 
     Averaged over ``repeats`` random partitions into batches of ``batch_size`` (the last one smaller).
+    Each batch's logits are made ``block`` rows at a time (column log-sum-exps accumulated across the
+    blocks), so memory is O(block x batch_size), not a [batch, batch] float64 matrix.
     """
     f, g = normalise(image), normalise(text)
     n, rng = len(f), np.random.default_rng(seed)
@@ -43,9 +50,17 @@ def neg_clip_loss(
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            logits = (f[idx] @ g[idx].T).astype(np.float64) / temperature
-            norm = logsumexp(logits, axis=1) + logsumexp(logits, axis=0)
-            total[idx] += np.diag(logits) * temperature - temperature / 2 * norm
+            gb = g[idx]
+            col_max = np.full(len(idx), -np.inf)
+            col_sum = np.zeros(len(idx))
+            for b in range(0, len(idx), block):
+                rows = idx[b : b + block]
+                logits = (f[rows] @ gb.T).astype(np.float64) / temperature
+                total[rows] += np.diag(logits[:, b : b + len(rows)]) * temperature - temperature / 2 * logsumexp(logits, 1)
+                peak = np.maximum(col_max, logits.max(axis=0))
+                col_sum = col_sum * np.exp(col_max - peak) + np.exp(logits - peak).sum(axis=0)
+                col_max = peak
+            total[idx] -= temperature / 2 * (col_max + np.log(col_sum))
     return total / repeats
 
 

@@ -1,0 +1,230 @@
+"""Every GPU check of issue 15 in one command, for a session that is lent an accelerator (~6-8 min on one H100/H200).
+
+    python benchmarks/gpu_suite.py --out gpu_results            # then copy the printed block into docs/benchmarks.md
+
+Sections (each runs even if an earlier one fails; all results also go to <out>/gpu_suite.json):
+
+1. sync   -- ``torch.cuda.set_sync_debug_mode("error")`` around Lightning training steps of a ViT-B/16
+             JuicerCLIP (bf16, fused AdamW, non-finite guard on ``skip``, one poisoned batch, the throughput
+             callback), and around the DataModule's transfer hook that selects top-k on the fly with a DINO
+             ViT-S/16-shaped governor: any host-device sync on the step path raises.
+2. decode -- nvjpeg (``torchvision.io.decode_jpeg`` on the device, batched) + resize + crop on the GPU vs
+             the CPU decoder (PIL, draft) per core, on web-size JPEGs built from scikit-image's photographs.
+3. pass   -- the precomputed vision pass end to end (DINO ViT-S/16 architecture, 224 px, bf16) on those
+             JPEGs: images/s from the manifest; target >= 4,000 images/s.
+4. train  -- benchmarks/train_throughput.py (ViT-B/16, batch 128, bf16, 3 interleaved rounds): image tower
+             r = 0.5 vs r = 1 >= 1.9x, peak memory <= 0.6x (whole step and tower alone).
+5. online -- on-the-fly scoring (governor forward + top-k, batch 128) as a fraction of the r = 0.5 training
+             step, interleaved, 5 rounds; target <= 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RESULTS: dict[str, object] = {}
+
+
+def section(name: str):
+    def wrap(fn):
+        def run(*args, **kwargs):
+            print(f"\n=== {name} ===", flush=True)
+            start = time.perf_counter()
+            try:
+                RESULTS[name] = fn(*args, **kwargs)
+            except Exception as exn:  # noqa: BLE001 - report and go on with the next section
+                traceback.print_exc()
+                RESULTS[name] = {"error": repr(exn)}
+            print(f"--- {name}: {RESULTS[name]} ({time.perf_counter() - start:.0f} s)", flush=True)
+        return run
+    return wrap
+
+
+@section("sync")
+def sync_check(shards: list[str], tmp: Path) -> dict:
+    import lightning as L
+
+    from lightning_juicer.callbacks import ImageThroughput
+    from lightning_juicer.data import JuicerDataModule
+    from lightning_juicer.governor.online import GovernorConfig
+    from lightning_juicer.models import JuicerCLIP
+
+    class Strict(L.Callback):
+        steps = 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 3:
+                batch["image"][0] = math.nan  # the guard must skip it on the device
+            if batch_idx >= 1:
+                torch.cuda.set_sync_debug_mode("error")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            torch.cuda.set_sync_debug_mode("default")
+            self.steps += batch_idx >= 1
+
+    dm = JuicerDataModule(train_shards=shards, batch_size=128, num_workers=8, selection="topk", scores="on_the_fly",
+                          keep_ratio=0.5, governor=GovernorConfig(name="vit_small_patch16_224.dino", pretrained=False))
+    module = JuicerCLIP(model_name="ViT-B-16", nonfinite_loss="skip", warmup_steps=2)
+    strict = Strict()
+    trainer = L.Trainer(max_steps=8, accelerator="gpu", devices=1, precision="bf16-mixed", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+                        log_every_n_steps=1000, callbacks=[ImageThroughput(), strict], default_root_dir=tmp)
+    trainer.fit(module, dm)
+    # the transfer hook (on-the-fly governor + top-k) under the same mode
+    batch = next(iter(dm.train_dataloader()))
+    batch = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        dm.on_after_batch_transfer(batch, 0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return {"strict_steps": strict.steps, "transfer_hook": "ok", "nonfinite_loss_drops": dm.drops["nonfinite_loss"]}
+
+
+@section("decode")
+def decode_check(images: list[bytes]) -> dict:
+    from lightning_juicer.data.decode import decode_jpegs_on_device, draft_size, load_rgb
+    from lightning_juicer.data.spec import DataSpec
+    from torchvision.transforms.v2 import functional as F
+
+    spec = DataSpec(image_size=224, patch_size=16, tokenizer=None)
+    transform = spec.image_transform()
+    draft = draft_size(transform)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    for data in images[:512]:
+        transform(load_rgb(data, draft))
+    cpu = 512 / (time.perf_counter() - start)
+    rates = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(0, len(images), 256):
+            decoded = decode_jpegs_on_device(images[i : i + 256], "cuda")
+            out = [F.center_crop(F.resize(img, 224, antialias=True), [224, 224]) for img in decoded]
+            torch.stack(out)
+        torch.cuda.synchronize()
+        rates.append(len(images) / (time.perf_counter() - start))
+    return {"cpu_draft_decode_resize_per_core": round(cpu, 1), "gpu_nvjpeg_decode_resize": round(statistics.median(rates), 1),
+            "gpu_rounds": [round(r, 1) for r in rates]}
+
+
+@section("pass")
+def pass_check(shards: list[str], tmp: Path, workers: int) -> dict:
+    from lightning_juicer.governor.vision_pass import run_vision_pass
+
+    manifest = run_vision_pass({"shards": shards, "sidecar_dir": str(tmp / "side"),
+                                "governor": {"name": "vit_small_patch16_224.dino", "pretrained": False},
+                                "batch_size": 512, "num_workers": workers, "devices": 1, "progress": False})
+    rate = manifest["run"]["images_per_second"]
+    return {"images_per_second": rate, "images": manifest["totals"]["samples_written"], "target": 4000,
+            "ok": rate >= 4000}
+
+
+@section("train")
+def train_check(out: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).parent / "train_throughput.py"), "--batch-size", "128", "--steps", "10",
+           "--warmup", "3", "--rounds", "3", "--json", str(out / "train_throughput_gpu.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    print(done.stdout[-6000:], done.stderr[-3000:] if done.returncode else "")
+    return {"returncode": done.returncode, "ratios": [l for l in done.stdout.splitlines() if "target" in l]}
+
+
+@section("online")
+def online_check() -> dict:
+    from open_clip.loss import ClipLoss
+
+    from lightning_juicer.governor.loading import load_governor
+    from lightning_juicer.governor.online import OnlineSelector
+    from lightning_juicer.models import JuicerCLIP
+
+    device = torch.device("cuda")
+    module = JuicerCLIP(model_name="ViT-B-16").to(device)
+    spec = module.data_spec()
+    selector = OnlineSelector(load_governor("vit_small_patch16_224.dino", pretrained=False), "topk", 0.5, spec.grid,
+                              spec.mean, spec.std)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5, fused=True)
+    loss_fn = ClipLoss()
+    image = torch.randn(128, 3, 224, 224, device=device)
+    text = torch.randint(1, 49408, (128, 77), device=device)
+
+    def step(keep):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = module({"image": image, "keep": keep, "text": text})
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def timed(fn, n=10):
+        fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / n
+
+    keep, _ = selector(image)
+    fractions = []
+    for _ in range(5):
+        score_s = timed(lambda: selector(image))
+        step_s = timed(lambda: step(keep))
+        fractions.append(score_s / step_s)
+    return {"scoring_over_step_median": round(statistics.median(fractions), 4),
+            "min_max": [round(min(fractions), 4), round(max(fractions), 4)], "target": 0.10,
+            "ok": statistics.median(fractions) <= 0.10}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gpu_results")
+    parser.add_argument("--images", type=int, default=8192, help="web-size JPEGs for the decode and pass sections")
+    parser.add_argument("--workers", type=int, default=14)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["sync", "decode", "pass", "train", "online"])
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_suite: no CUDA device here; every section needs one")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp())
+    from concurrent.futures import ProcessPoolExecutor
+
+    from decode_throughput import web_images, write_shards
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    with ProcessPoolExecutor(args.workers) as pool:  # build the JPEGs in parallel (distinct seeds)
+        parts = list(pool.map(web_images, [args.images // args.workers + 1] * args.workers, range(args.workers)))
+    images = [d for part in parts for d in part][: args.images]
+    shards = write_shards(images, tmp / "web", max(256, len(images) // (2 * args.workers)))
+    print(f"{len(images)} web-size JPEGs in {len(shards)} shards", flush=True)
+    if "sync" not in args.skip:
+        sync_check(shards, tmp)
+    if "decode" not in args.skip:
+        decode_check(images)
+    if "pass" not in args.skip:
+        pass_check(shards, tmp, args.workers)
+    if "online" not in args.skip:
+        online_check()
+    if "train" not in args.skip:
+        train_check(out)
+    (out / "gpu_suite.json").write_text(json.dumps(RESULTS, indent=2, default=str))
+    print("\n=== summary ===\n" + json.dumps(RESULTS, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
