@@ -396,7 +396,9 @@ def test_text_pass_with_a_local_llm_folder_validates_every_output(tiny_synthetic
     record = manifest["shards"][0]
     assert record["status"] == "written" and record["in"] == 64 and record["written"] == 64
     assert record["rewritten"] + record["unchanged"] + sum(record["fallback"].values()) == 64
-    assert set(record["fallback"]) <= {"empty", "lost_content", "too_long", "refusal"}
+    # a random model over caption words can lose or invent caption content, never a URL, spam or the prompt
+    assert set(record["fallback"]) <= {"empty", "lost_content", "too_long", "refusal", "lost_object",
+                                       "invented_words", "invented_object", "invented_attribute"}
     assert manifest["settings"]["backend_settings"]["model"] == str(tiny_llama.resolve())
     records = synthetic_records(shard)
     table = read_sidecar(sidecar_path(shard[0], tmp_path / "llm"))
