@@ -304,4 +304,6 @@ def test_the_text_pass_with_a_real_llm_survives_hostile_captions(hostile, vision
     # The instruction inside a caption is never obeyed: that sample keeps its original caption.
     assert "pwned" not in " ".join(c or "" for k, c in captions.items() if k != "inject").lower()
     assert captions["inject"] in (None, INJECTION)
-    assert not any("<|im_start|>" in (c or "") or "</s>" in (c or "") for c in captions.values())
+    # Chat markers never come out of the model: only the chat sample's own original caption may hold them.
+    assert captions["chat"] in (None, CHAT_TOKENS) or "<|im_start|>" not in captions["chat"]
+    assert not any("<|im_start|>" in (c or "") or "</s>" in (c or "") for k, c in captions.items() if k != "chat")
