@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,19 @@ def real_governor_dir() -> Path:
         if "not installed" in str(e) or "is missing" in str(e):
             pytest.skip(f"real governor unavailable: {e}")
         raise
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging: SIGALRM after ``seconds`` raises TimeoutError in the main thread."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +24,9 @@ from lightning_juicer.governor.sidecar import SidecarRows, sidecar_path, write_s
 from lightning_juicer.sieves.embeddings import write_embeddings
 from lightning_juicer.sieves.keeplist import read_keep_list, write_keep_list
 from lightning_juicer.sieves.run import run_sieve
+from tests.conftest import deadline
 
 SPEC = DataSpec(image_size=32, patch_size=8, tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=8))
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail (instead of hanging the suite) when the block runs longer than ``seconds``."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def jpeg(seed: int, size=(40, 48)) -> bytes:
