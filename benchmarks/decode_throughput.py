@@ -34,7 +34,7 @@ import webdataset as wds
 from PIL import Image
 
 from lightning_juicer.data import DataSpec, JuicerDataModule
-from lightning_juicer.data.decode import draft_size, load_rgb
+from lightning_juicer.io.decode import draft_size, load_rgb
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "hubble_deep_field", "immunohistochemistry",
           "retina", "moon", "cell", "clock")

@@ -97,7 +97,7 @@ def sync_check(shards: list[str], tmp: Path) -> dict:
 
 @section("decode")
 def decode_check(images: list[bytes]) -> dict:
-    from lightning_juicer.data.decode import decode_jpegs_on_device, draft_size, load_rgb
+    from lightning_juicer.io.decode import decode_jpegs_on_device, draft_size, load_rgb
     from lightning_juicer.data.spec import DataSpec
     from torchvision.transforms.v2 import functional as F
 

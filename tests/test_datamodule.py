@@ -15,7 +15,7 @@ from PIL import Image
 
 from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.data.pipeline import batches_per_epoch
-from lightning_juicer.data.shards import count_samples, expand_shards
+from lightning_juicer.io.shards import count_samples, expand_shards
 from lightning_juicer.errors import ConfigError
 
 SPEC = DataSpec(image_size=64, patch_size=8, tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=16))

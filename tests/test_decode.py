@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_juicer.data import decode
-from lightning_juicer.data.decode import DraftedDecoder, draft_size, gpu_decode, is_jpeg, load_rgb
+from lightning_juicer.io import decode
+from lightning_juicer.io.decode import DraftedDecoder, draft_size, gpu_decode, is_jpeg, load_rgb
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.vision_pass import crop_transform
 

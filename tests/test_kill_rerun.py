@@ -21,7 +21,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_juicer.governor.sidecar import sidecar_info
+from lightning_juicer.io.sidecar import sidecar_info
 from lightning_juicer.governor.vision_pass import run_vision_pass
 from lightning_juicer.models.module import JuicerCLIP
 from tests.conftest import REPO

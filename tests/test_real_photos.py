@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from lightning_juicer.data import DataSpec, JuicerDataModule
-from lightning_juicer.data.writers import decode_mask
+from lightning_juicer.io.writers import decode_mask
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.evaluation.datasets import ImageFolderClassification, KarpathyRetrieval
 from tests.conftest import REAL_PHOTOS_SKIP, tiny_real_photos_config

@@ -21,7 +21,7 @@ from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.sieves.clustered import balanced_quotas, cluster_sieve, d4, max_earlier_similarity, semdedup
 from lightning_juicer.sieves.d2 import d2_prune
 from lightning_juicer.sieves.embeddings import read_embeddings, run_embeddings_pass, write_embeddings
-from lightning_juicer.sieves.keeplist import read_keep_list, write_keep_list
+from lightning_juicer.io.keeplist import read_keep_list, write_keep_list
 from lightning_juicer.sieves.neighbors import knn, normalise
 from lightning_juicer.sieves.run import SIEVES, run_sieve
 from lightning_juicer.sieves.scored import neg_clip_loss, norm_sim

@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.sidecar import SidecarRows, read_sidecar, sidecar_path, write_sidecar
+from lightning_juicer.io.sidecar import SidecarRows, read_sidecar, sidecar_path, write_sidecar
 from lightning_juicer.text.backends import TransformersBackend, TransformersConfig
 from lightning_juicer.text.prompts import PromptConfig, Request, build_messages
 from lightning_juicer.text.text_pass import run_text_pass

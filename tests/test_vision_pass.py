@@ -25,7 +25,7 @@ from lightning_juicer.governor import vision_pass
 from lightning_juicer.governor.evidence import ClassHead
 from lightning_juicer.governor.loading import load_governor_model
 from lightning_juicer.governor.scoring import PatchScorer
-from lightning_juicer.governor.sidecar import (
+from lightning_juicer.io.sidecar import (
     SidecarRows,
     check_sidecar,
     read_sidecar,

@@ -13,15 +13,15 @@ from lightning_juicer.data.drops import DropCounter, merge_drops
 from lightning_juicer.data.pipeline import SAMPLING_MODES, batches_per_epoch, build_loader
 from lightning_juicer.data.samples import CAPTION_SOURCES, BatchCollator, SampleDecoder
 from lightning_juicer.data.sidecars import SIDECAR_KEY, SidecarJoin
-from lightning_juicer.data.shards import count_samples, expand_shards, shard_sizes
+from lightning_juicer.io.shards import count_samples, expand_shards, shard_sizes
 from lightning_juicer.data.spec import DataSpec
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
 from lightning_juicer.errors import ConfigError, rekeyed
 from lightning_juicer.governor.loading import load_governor
-from lightning_juicer.governor.sidecar import check_sidecars, sidecar_path
+from lightning_juicer.io.sidecar import check_sidecars, sidecar_path
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
 from lightning_juicer.governor.selection import ALL_STRATEGIES, FEATURE_STRATEGIES, GOVERNOR_STRATEGIES, SCORE_STRATEGIES
-from lightning_juicer.sieves.keeplist import KeepFilter, check_keep_list, read_keep_list
+from lightning_juicer.io.keeplist import KeepFilter, check_keep_list, read_keep_list
 
 SCORE_SOURCES = ("on_the_fly", "sidecar")
 MISSING_SIDECAR_POLICIES = ("random", "skip")

@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lightning_juicer.data.drops import DropCounter
-from lightning_juicer.data.tars import tar_samples
+from lightning_juicer.io.tars import tar_samples
 from lightning_juicer.errors import ConfigError
 
 SAMPLING_MODES = ("disjoint", "resampled")

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from lightning_juicer.data.decode import WIDE_MODES, DraftedDecoder, load_rgb, to_8bit  # noqa: F401 (re-exported)
+from lightning_juicer.io.decode import WIDE_MODES, DraftedDecoder, load_rgb, to_8bit  # noqa: F401 (re-exported)
 from lightning_juicer.data.drops import DropCounter
 from lightning_juicer.governor.selection import SCORE_STRATEGIES, resample_scores, select_from_scores, select_patches
 

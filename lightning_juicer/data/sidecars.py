@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_juicer.governor.sidecar import read_sidecar, sidecar_path
+from lightning_juicer.io.sidecar import read_sidecar, sidecar_path
 
 SIDECAR_KEY = "data.init_args.sidecar_dir"
 

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lightning_juicer.data.writers import decode_mask, encode_mask  # noqa: F401 - the masks' encoding, re-exported
-from lightning_juicer.data.writers import jpeg_bytes, shard_pattern, write_json
-from lightning_juicer.data.writers import write_shards as write_shards_of
+from lightning_juicer.io.writers import decode_mask, encode_mask  # noqa: F401 - the masks' encoding, re-exported
+from lightning_juicer.io.writers import jpeg_bytes, shard_pattern, write_json
+from lightning_juicer.io.writers import write_shards as write_shards_of
 from lightning_juicer.errors import ConfigError
 
 FORMAT_VERSION = 1

@@ -37,8 +37,8 @@ import webdataset as wds
 from open_clip import IMAGENET_CLASSNAMES
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from lightning_juicer.data.decode import DraftedDecoder
-from lightning_juicer.data.shards import expand_shards
+from lightning_juicer.io.decode import DraftedDecoder
+from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.errors import ConfigError
 
 log = logging.getLogger(__name__)

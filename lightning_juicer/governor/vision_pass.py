@@ -59,15 +59,15 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision.transforms import v2 as T
 
-from lightning_juicer.data.decode import DraftedDecoder
+from lightning_juicer.io.decode import DraftedDecoder
 from lightning_juicer.data.samples import CAPTION_EXTS, IMAGE_EXTS
-from lightning_juicer.data.shards import count_samples, expand_shards
-from lightning_juicer.data.tars import tar_samples
+from lightning_juicer.io.shards import count_samples, expand_shards
+from lightning_juicer.io.tars import tar_samples
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.evidence import ClassHead
 from lightning_juicer.governor.loading import load_governor_model
 from lightning_juicer.governor.scoring import PatchScorer
-from lightning_juicer.governor.sidecar import (
+from lightning_juicer.io.sidecar import (
     SUFFIX,
     SidecarInfo,
     SidecarRows,

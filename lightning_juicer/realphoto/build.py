@@ -22,7 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lightning_juicer.data.writers import shard_pattern, write_json
+from lightning_juicer.io.writers import shard_pattern, write_json
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.realphoto.captions import NOISE_KINDS, ZEROSHOT_TEMPLATES, NoiseRates
 from lightning_juicer.realphoto.sources import DEFAULT_FASHION_MNIST, FASHION_CLASSES, PHOTO_NAMES, available_photos

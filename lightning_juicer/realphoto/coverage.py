@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightning_juicer.data.shards import expand_shards
-from lightning_juicer.data.writers import decode_mask
+from lightning_juicer.io.shards import expand_shards
+from lightning_juicer.io.writers import decode_mask
 from lightning_juicer.governor.quality import OBJECT_PATCH_THRESHOLD, to_tensor
 from lightning_juicer.governor.scoring import PatchScorer
 from lightning_juicer.governor.selection import keep_count, select_random, select_topk

@@ -2,7 +2,7 @@
 
 Every sample is drawn from its own generator ``default_rng([seed, split id, index])`` and every item
 comes from a fixed partition of Fashion-MNIST (``ItemPlan``), so a split's bytes depend only on the
-config. The shard, JSON and image writers are ``lightning_juicer.data.writers``'s.
+config. The shard, JSON and image writers are ``lightning_juicer.io.writers``'s.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lightning_juicer.data.writers import encode_mask, jpeg_bytes, png_bytes, write_json, write_shards
+from lightning_juicer.io.writers import encode_mask, jpeg_bytes, png_bytes, write_json, write_shards
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.realphoto.captions import (
     ZEROSHOT_TEMPLATES,

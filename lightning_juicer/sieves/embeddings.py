@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.sieves.keeplist import shard_ids
+from lightning_juicer.io.keeplist import shard_ids
 from lightning_juicer.governor.loading import load_governor
-from lightning_juicer.governor.sidecar import (
+from lightning_juicer.io.sidecar import (
     SidecarInfo,
     _shard_name,
     atomic_write,

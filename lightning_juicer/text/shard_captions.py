@@ -13,7 +13,7 @@ from torch.utils.data import IterableDataset
 from webdataset.tariterators import base_plus_ext
 
 from lightning_juicer.data.samples import CAPTION_EXTS
-from lightning_juicer.governor.sidecar import SidecarTable, read_sidecar
+from lightning_juicer.io.sidecar import SidecarTable, read_sidecar
 from lightning_juicer.text.rules import Vocabulary
 
 SKIP_REASONS = ("no_caption", "bad_caption_encoding", "no_sidecar_entry", "bad_key")

@@ -40,9 +40,9 @@ import lightning as L
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from lightning_juicer.data.shards import expand_shards
+from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.sidecar import (
+from lightning_juicer.io.sidecar import (
     SidecarInfo,
     read_sidecar,
     sidecar_info,

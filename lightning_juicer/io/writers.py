@@ -2,7 +2,7 @@
 
 * shards in img2dataset's webdataset layout: ``{00000..N}.tar`` holding ``<key>.<ext>`` members
   (key ``shard * 10**4 + i``, nine digits, as img2dataset numbers them), with ``sizes.json`` and one
-  ``<shard>_stats.json`` per shard, which ``lightning_juicer.data.shards.count_samples`` reads;
+  ``<shard>_stats.json`` per shard, which ``lightning_juicer.io.shards.count_samples`` reads;
 * tar members with fixed metadata (mtime 0, uid/gid 0, no user names, mode 0644) in sorted order;
 * JSON with sorted keys, JPEG/PNG bytes from PIL with fixed settings, masks as row-major run lengths.
 

@@ -30,7 +30,7 @@ from typing import Any
 from webdataset.tariterators import base_plus_ext
 
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.sidecar import _REMOTE, atomic_write
+from lightning_juicer.io.sidecar import _REMOTE, atomic_write
 
 FORMAT_VERSION = 2
 
