@@ -22,7 +22,7 @@ import open_clip
 import torch
 
 from lightning_juicer.data import DataSpec, JuicerDataModule
-from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
+from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.governor.online import GovernorConfig
 from lightning_juicer.governor.vision_pass import run_vision_pass
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
+from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.vision_pass import run_vision_pass
 

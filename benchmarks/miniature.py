@@ -227,7 +227,7 @@ def main() -> None:
     for i, seed in enumerate(args.seeds):
         results.setdefault("full", []).append(fit(base, "full", seed, args, keep))
         if i == 0:  # the first fit generated the synthetic data
-            from lightning_juicer.data.synthetic import synthetic_paths
+            from lightning_juicer.synthetic import synthetic_paths
 
             train_shards = synthetic_paths(REPO / synthetic).train_shards
             if sieves:

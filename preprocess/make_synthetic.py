@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_juicer.data.synthetic import SyntheticConfig, is_generated, prepare_synthetic  # noqa: E402
+from lightning_juicer.synthetic import SyntheticConfig, is_generated, prepare_synthetic  # noqa: E402
 from lightning_juicer.errors import check_dotlist, exit_on_user_error  # noqa: E402
 
 

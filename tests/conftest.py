@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
+from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.realphoto.sources import DEFAULT_FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]

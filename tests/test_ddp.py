@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
+from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic
 from tests.conftest import QUICKSTART, REPO
 
 

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_juicer.callbacks.evaluation import RetrievalEvaluation, ZeroShotEvaluation, append_results
 from lightning_juicer.data.datamodule import JuicerDataModule
-from lightning_juicer.data.synthetic import SHAPE_CLASSES, SyntheticConfig, prepare_synthetic
+from lightning_juicer.synthetic import SHAPE_CLASSES, SyntheticConfig, prepare_synthetic
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.evaluation.common import SampleKeep, eval_loader
 from lightning_juicer.evaluation.datasets import (

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_juicer.callbacks.evaluation import RetrievalEvaluation, ZeroShotEvaluation
 from lightning_juicer.cli import main
 from lightning_juicer.data.datamodule import JuicerDataModule
-from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
+from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.evaluation.common import ScoreKeep, eval_loader
 from lightning_juicer.evaluation.datasets import KarpathyRetrieval

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from lightning_juicer.data.synthetic import SHAPE_CLASSES
+from lightning_juicer.synthetic import SHAPE_CLASSES
 from lightning_juicer.governor.evidence import ClassHead
 from lightning_juicer.governor.loading import governor_activation, load_governor
 from lightning_juicer.governor.quality import OBJECT_PATCH_THRESHOLD, governor_quality, render_scenes

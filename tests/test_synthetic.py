@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_juicer.data.synthetic import (
+from lightning_juicer.synthetic import (
     COLORS,
     SHAPE_CLASSES,
     SyntheticConfig,

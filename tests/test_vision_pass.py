@@ -19,7 +19,7 @@ import webdataset as wds
 from omegaconf import OmegaConf
 
 from lightning_juicer.data.samples import load_rgb
-from lightning_juicer.data.synthetic import SHAPE_CLASSES, SyntheticConfig, prepare_synthetic
+from lightning_juicer.synthetic import SHAPE_CLASSES, SyntheticConfig, prepare_synthetic
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor import vision_pass
 from lightning_juicer.governor.evidence import ClassHead

@@ -30,7 +30,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset
 
-from lightning_juicer.data.synthetic import synthetic_paths
+from lightning_juicer.synthetic import synthetic_paths
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.evaluation.common import SampleKeep, ScoreKeep, eval_loader, eval_mode
 from lightning_juicer.evaluation.datasets import (

@@ -12,7 +12,7 @@ __all__ = ["DataSpec", "JuicerDataModule", "SyntheticConfig"]
 _HOME = {
     "DataSpec": "lightning_juicer.data.spec",
     "JuicerDataModule": "lightning_juicer.data.datamodule",
-    "SyntheticConfig": "lightning_juicer.data.synthetic",
+    "SyntheticConfig": "lightning_juicer.synthetic",
 }
 
 

@@ -15,7 +15,7 @@ from lightning_juicer.data.samples import CAPTION_SOURCES, BatchCollator, Sample
 from lightning_juicer.data.sidecars import SIDECAR_KEY, SidecarJoin
 from lightning_juicer.io.shards import count_samples, expand_shards, shard_sizes
 from lightning_juicer.data.spec import DataSpec
-from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
+from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
 from lightning_juicer.errors import ConfigError, rekeyed
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.io.sidecar import check_sidecars, sidecar_path

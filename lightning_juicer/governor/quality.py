@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from lightning_juicer.data.synthetic import SHAPE_CLASSES, render_scene
+from lightning_juicer.synthetic import SHAPE_CLASSES, render_scene
 from lightning_juicer.governor.evidence import ClassHead, class_evidence
 from lightning_juicer.governor.scoring import PatchScorer
 from lightning_juicer.governor.selection import keep_count, select_random, select_topk

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from timm.models import VisionTransformer, save_for_hf
 from torch import nn
 
-from lightning_juicer.data.synthetic import SHAPE_CLASSES
+from lightning_juicer.synthetic import SHAPE_CLASSES
 from lightning_juicer.governor.evidence import ClassHead
 from lightning_juicer.governor.quality import (
     TRAIN_STREAM,

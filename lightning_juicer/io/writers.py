@@ -64,6 +64,15 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def karpathy_image(imgid: int, filename: str, captions: list[str], tokens: Callable[[str], list[str]],
+                   split: str = "test", filepath: str = "images") -> dict:
+    """One image entry of a Karpathy-split JSON (``dataset_coco.json`` layout): sentence ids ``len(captions) * imgid + j``."""
+    sentids = [len(captions) * imgid + j for j in range(len(captions))]
+    sentences = [{"raw": c, "tokens": tokens(c), "imgid": imgid, "sentid": s} for c, s in zip(captions, sentids)]
+    return {"filepath": filepath, "filename": filename, "imgid": imgid, "split": split, "sentids": sentids,
+            "sentences": sentences}
+
+
 def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     """Add a member with fixed metadata so archives are byte-reproducible."""
     info = tarfile.TarInfo(name)

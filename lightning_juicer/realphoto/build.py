@@ -16,14 +16,12 @@ head/val/<class|none>/*.jpg     the same, other items and crops (held out)
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lightning_juicer.io.writers import shard_pattern, write_json
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.dataset_dir import DatasetPaths, build_atomically, is_complete, read_marker, refuse_foreign
+from lightning_juicer.io.writers import write_json
 from lightning_juicer.realphoto.captions import NOISE_KINDS, ZEROSHOT_TEMPLATES, NoiseRates
 from lightning_juicer.realphoto.sources import DEFAULT_FASHION_MNIST, FASHION_CLASSES, PHOTO_NAMES, available_photos
 from lightning_juicer.realphoto.writers import (
@@ -65,17 +63,11 @@ class RealPhotoConfig:
 
 
 @dataclass(frozen=True)
-class RealPhotoPaths:
-    """Where a built benchmark's parts are."""
+class RealPhotoPaths(DatasetPaths):
+    """Where a built benchmark's parts are: those of every generated dataset, the zero-shot templates, the
+    retrieval set's object masks and the head folders."""
 
-    root: Path
-    train_shards: str
-    val_shards: str
-    zeroshot_dir: Path
-    classnames_file: Path
     templates_file: Path
-    retrieval_images: Path
-    retrieval_json: Path
     retrieval_objects: Path
     head_train: Path
     head_val: Path
@@ -83,7 +75,7 @@ class RealPhotoPaths:
 
 def is_built(root: str | Path) -> bool:
     """True iff root holds a complete benchmark (the marker exists)."""
-    return (Path(root) / MARKER).is_file()
+    return is_complete(root, MARKER)
 
 
 def real_photo_paths(root: str | Path) -> RealPhotoPaths:
@@ -92,21 +84,10 @@ def real_photo_paths(root: str | Path) -> RealPhotoPaths:
     if not is_built(root):
         raise ConfigError(f"real-photo benchmark not found at {root} (no {MARKER}); "
                           "build it with python preprocess/make_real_photos.py root=<folder>")
-    counts = json.loads((root / MARKER).read_text(encoding="utf-8"))["counts"]
-    zeroshot, retrieval = root / "eval" / "zeroshot", root / "eval" / "retrieval"
-    return RealPhotoPaths(
-        root=root,
-        train_shards=shard_pattern(root / "train", counts["train_shards"]),
-        val_shards=shard_pattern(root / "val", counts["val_shards"]),
-        zeroshot_dir=zeroshot,
-        classnames_file=zeroshot / "classnames.txt",
-        templates_file=zeroshot / "templates.txt",
-        retrieval_images=retrieval / "images",
-        retrieval_json=retrieval / "karpathy_test.json",
-        retrieval_objects=retrieval / "objects.json",
-        head_train=root / "head" / "train",
-        head_val=root / "head" / "val",
-    )
+    common = DatasetPaths.fields_of(root, read_marker(root, MARKER)["counts"])
+    return RealPhotoPaths(**common, templates_file=common["zeroshot_dir"] / "templates.txt",
+                          retrieval_objects=common["retrieval_json"].parent / "objects.json",
+                          head_train=root / "head" / "train", head_val=root / "head" / "val")
 
 
 def _check(cfg: RealPhotoConfig) -> tuple[str, ...]:
@@ -172,23 +153,8 @@ def _generate(cfg: RealPhotoConfig, photos: tuple[str, ...], out: Path) -> None:
 def build_real_photos(cfg: RealPhotoConfig) -> RealPhotoPaths:
     """Build the benchmark at cfg.root unless it is already built there (never rebuilds a complete one)."""
     root = Path(cfg.root).resolve()
-    if is_built(root):
-        return real_photo_paths(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ConfigError(f"root: {root} is not empty but has no {MARKER} (incomplete or foreign data); "
-                          "delete it or choose another root")
-    photos = _check(cfg)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        _generate(cfg, photos, tmp)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not is_built(root):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not is_built(root):
+        refuse_foreign(root, MARKER, "delete it or choose another root", key="root")
+        photos = _check(cfg)
+        build_atomically(root, MARKER, lambda out: _generate(cfg, photos, out))
     return real_photo_paths(root)

@@ -16,7 +16,6 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch

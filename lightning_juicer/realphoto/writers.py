@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lightning_juicer.io.writers import encode_mask, jpeg_bytes, png_bytes, write_json, write_shards
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.writers import encode_mask, jpeg_bytes, karpathy_image, png_bytes, write_json, write_shards
 from lightning_juicer.realphoto.captions import (
     ZEROSHOT_TEMPLATES,
     NoiseRates,
@@ -157,6 +157,11 @@ def write_zeroshot(composer: Composer, items: dict[int, list[int]], out_dir: Pat
     return sum(len(v) for v in items.values())
 
 
+def _tokens(caption: str) -> list[str]:
+    """Karpathy-style tokens of a clean caption (lower case, split at spaces and commas)."""
+    return caption.lower().replace(",", " ").split()
+
+
 def write_retrieval(composer: Composer, pairs: np.ndarray, out_dir: Path) -> int:
     """Composites of test items with 5 clean captions each: images/ and karpathy_test.json (split ``test``)."""
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -169,10 +174,7 @@ def write_retrieval(composer: Composer, pairs: np.ndarray, out_dir: Path) -> int
         filename = f"{i:05d}.jpg"
         (out_dir / "images" / filename).write_bytes(jpeg_bytes(image, composer.jpeg_quality))
         caps = distinct_clean_captions([int(labels[it.index]) for it in items], photo, rng)
-        sentids = [5 * i + j for j in range(5)]
-        entries.append({"filepath": "images", "filename": filename, "imgid": i, "split": "test", "sentids": sentids,
-                        "sentences": [{"raw": c, "tokens": c.lower().replace(",", " ").split(), "imgid": i,
-                                       "sentid": s} for c, s in zip(caps, sentids)]})
+        entries.append(karpathy_image(i, filename, caps, _tokens))
         objects[filename] = {"photo": photo, "objects": [_object_record(p) for p in placed]}
     write_json(out_dir / "karpathy_test.json", {"dataset": "real_photos", "images": entries})
     write_json(out_dir / "objects.json", objects)

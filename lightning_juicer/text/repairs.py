@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 import webdataset as wds
 
-from lightning_juicer.data.synthetic import COLORS
+from lightning_juicer.synthetic import COLORS
 from lightning_juicer.text.rules import Vocabulary, words
 
 TEXT_ONLY_NOISE = {"misspelling", "repeat", "junk"}
