@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_juicer.governor.selection import keep_count, select_topk
 from lightning_juicer.models.module import JuicerCLIP
-from lightning_juicer.models.optim import param_groups
+from lightning_juicer.optim import param_groups
 from lightning_juicer.models.tower import encode_kept
 
 RATIOS = (1.0, 0.5, 0.25)

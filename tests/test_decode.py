@@ -13,7 +13,7 @@ from PIL import Image
 from lightning_juicer.io import decode
 from lightning_juicer.io.decode import DraftedDecoder, draft_size, gpu_decode, is_jpeg, load_rgb
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.vision_pass import crop_transform
+from lightning_juicer.io.transforms import crop_transform
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the 'real' extra) is not installed")
 
@@ -104,3 +104,13 @@ def test_gpu_decode_selection_falls_back_to_the_cpu():
     with pytest.raises(ConfigError, match="decode: 'nvjpeg' is not one of"):
         gpu_decode("nvjpeg", "cpu")
     assert is_jpeg(web_jpeg("camera", 400)) and not is_jpeg(b"\x89PNG\r\n")
+
+
+def test_the_governor_crop_and_the_models_crop_cut_the_same_pixels():
+    image = load_rgb(web_jpeg("astronaut", 300))
+    governor = crop_transform((64, 64), "bicubic")(image)
+    mean, std = (0.5, 0.25, 0.1), (0.2, 0.3, 0.4)
+    model = open_clip.image_transform(64, is_train=False, mean=mean, std=std, interpolation="bicubic")(image)
+    assert governor.dtype == torch.uint8 and governor.shape == model.shape == (3, 64, 64)
+    normalised = (governor.float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(normalised, model, atol=1e-5, rtol=0)

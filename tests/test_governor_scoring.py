@@ -12,7 +12,8 @@ from open_clip.transformer import VisionTransformer as OpenClipVisionTransformer
 from safetensors.torch import save_file
 
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.evidence import IMAGENET_CLASSNAMES, ClassHead, class_evidence, read_classnames
+from lightning_juicer.governor.evidence import IMAGENET_CLASSNAMES, ClassHead, class_evidence
+from lightning_juicer.io.classnames import read_classnames
 from lightning_juicer.governor.loading import load_governor, load_governor_model
 from lightning_juicer.governor.scoring import PatchScorer
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_juicer.models import JuicerCLIP
-from lightning_juicer.models.optim import param_groups, warmup_cosine
+from lightning_juicer.optim import param_groups, warmup_cosine
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ from torch.utils.data import Dataset
 
 from lightning_juicer.synthetic import synthetic_paths
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.atomic import atomic_write_text
+from lightning_juicer.io.classnames import read_classnames
 from lightning_juicer.evaluation.common import SampleKeep, ScoreKeep, eval_loader, eval_mode
 from lightning_juicer.evaluation.datasets import (
     IMAGENET_SETS,
@@ -40,7 +42,6 @@ from lightning_juicer.evaluation.datasets import (
     WebDatasetEval,
     imagenet_subset,
     is_shard_spec,
-    read_classnames,
 )
 from lightning_juicer.evaluation.retrieval import evaluate_retrieval
 from lightning_juicer.evaluation.zeroshot import EvalResult, evaluate_zeroshot, resolve_templates
@@ -65,9 +66,7 @@ def append_results(path: str | Path, records: Sequence[dict]) -> None:
             os.replace(path, path.with_suffix(".json.bad"))
             rank_zero_warn(f"{path} was not a JSON list; moved it to {path.with_suffix('.json.bad')}")
             existing = []
-    tmp = path.with_suffix(f".json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(existing + list(records), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(existing + list(records), indent=2) + "\n")
 
 
 def checkpoint_step(path: str | Path | None) -> int | None:

@@ -36,14 +36,17 @@ import torch
 import webdataset as wds
 from open_clip import IMAGENET_CLASSNAMES
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from lightning_juicer.io.decode import DraftedDecoder
 from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.classnames import read_classnames
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = IMG_EXTENSIONS  # torchvision ImageFolder's: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp
 WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 IMAGENET_SETS = ("imagenet", "imagenet-r", "imagenet-a")
 _LOG_FIRST = 10
@@ -74,17 +77,6 @@ def imagenet_subset(name: str) -> tuple[list[str], list[str]]:
     return [wnids[i] for i in indices], [IMAGENET_CLASSNAMES[i] for i in indices]
 
 
-def read_classnames(path: str | Path, key: str) -> list[str]:
-    """Class names from a text file, one per line (blank lines ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{key}: classnames file not found: {path}")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not names:
-        raise ConfigError(f"{key}: classnames file {path} is empty")
-    return names
-
-
 def load_image(source: str | Path | bytes, transform: Callable, what: str) -> torch.Tensor | None:
     """Decode and transform an image file or bytes; None (logged) when it cannot be read."""
     try:
@@ -104,27 +96,30 @@ def _warn(message: str, *args: object) -> None:
         log.warning(message, *args)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under a folder (recursive, sorted), by extension."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-class ImageFolderClassification(Dataset):
-    """Classification set in ImageFolder layout, with class names from a file or the ImageNet wnids."""
+class ImageFolderClassification(ImageFolder):
+    """Classification set in ImageFolder layout (torchvision's ``ImageFolder``: sorted class folders, files by
+    extension), with class names from a file or the ImageNet wnids; an unreadable image is a counted skip."""
 
     def __init__(self, root: str | Path, classnames: str | None, transform: Callable, key: str = "root",
                  classnames_key: str = "classnames") -> None:
+        if not Path(root).is_dir():
+            raise ConfigError(f"{key}: evaluation folder not found: {Path(root)}")
+        try:
+            super().__init__(str(root), allow_empty=True)
+        except FileNotFoundError:
+            raise ConfigError(f"{key}: {Path(root)} has no class folders (expected root/<class>/<image>)") from None
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise ConfigError(f"{key}: evaluation folder not found: {self.root}")
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not folders:
-            raise ConfigError(f"{key}: {self.root} has no class folders (expected root/<class>/<image>)")
-        self.classnames = self._names(folders, classnames, classnames_key)
-        self.samples = [(f, label) for label, c in enumerate(folders) for f in _image_files(self.root / c)]
+        self.classnames = self._names(self.classes, classnames, classnames_key)
+        self.samples = [(Path(path), label) for path, label in self.samples]
         if not self.samples:
             raise ConfigError(f"{key}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.transform = transform
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        """Class folders, sorted, hidden ones (``.name``) left out."""
+        classes, _ = super().find_classes(directory)
+        classes = [c for c in classes if not c.startswith(".")]
+        return classes, {c: i for i, c in enumerate(classes)}
 
     def _names(self, folders: list[str], classnames: str | None, key: str) -> list[str]:
         if classnames is None:
@@ -162,7 +157,7 @@ class ImageFolderClassification(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict:  # type: ignore[override] - decodes through load_image, as every reader
         path, label = self.samples[index]
         return {"index": index, "image": load_image(path, self.transform, str(path)), "label": label}
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.classnames import read_classnames
 
 IMAGENET_CLASSNAMES: tuple[str, ...] = tuple(open_clip.IMAGENET_CLASSNAMES)
 ACTIVATIONS = ("softmax", "sigmoid")
@@ -59,21 +60,12 @@ def resolve_activation(requested: str | None, recorded: str | None, source: str)
     )
 
 
-def read_classnames(path: str | Path) -> list[str]:
-    """Class names from a text file, one per line (blank lines ignored)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"governor.classnames: cannot read {path}: {e.strerror or e}") from e
-    return [line.strip() for line in lines if line.strip()]
-
-
 def _classnames(
     classnames: Sequence[str] | str | Path | None, num_classes: int | None, default: Sequence[str] | None = None
 ) -> list[str]:
     """Explicit names or a names file, else ``default`` when it fits, else ImageNet-1k when it fits."""
     if isinstance(classnames, (str, Path)):
-        classnames = read_classnames(classnames)
+        classnames = read_classnames(classnames, "governor.classnames")
     elif classnames is None:
         if default is not None and len(default) == num_classes:
             classnames = default

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.evidence import ClassHead, class_evidence, read_classnames
+from lightning_juicer.governor.evidence import ClassHead, class_evidence
+from lightning_juicer.io.classnames import read_classnames
 from lightning_juicer.governor.scoring import PatchScorer
 
 HEAD_FORMAT = "lightning_juicer.class_head/1"

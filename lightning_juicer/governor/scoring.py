@@ -133,6 +133,30 @@ def _check_open_clip(visual: OpenClipVisionTransformer) -> None:
     qk_projection(last.attn)
 
 
+def timm_forward(model: nn.Module, images: torch.Tensor, num_prefix_tokens: int) -> ScoreOutput:
+    """Eq. 2 scores of a timm ViT / EVA in one forward pass (with gradients unless the caller disables them):
+    the last block's CLS-query / patch-key scores, the pooled CLS embedding (before the classifier) and the
+    final normed patch tokens. ``PatchScorer`` calls it under ``no_grad``; the governor trainer with gradients."""
+    is_eva = isinstance(model, Eva)
+    x = model.patch_embed(images)
+    grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(model.patch_embed.grid_size)
+    rope = None
+    if is_eva:
+        x, rope = model._pos_embed(x)
+    else:
+        x = model.patch_drop(model._pos_embed(x))
+    x = model.norm_pre(x)
+    mixed = rope is not None and getattr(model, "rope_mixed", False)
+    ropes = list(rope) if mixed else [rope] * len(model.blocks)
+    for block, block_rope in zip(model.blocks[:-1], ropes):
+        x = block(x, rope=block_rope) if is_eva else block(x)
+    last = model.blocks[-1]
+    scores = cls_patch_scores(qk_projection(last.attn), last.norm1(x), num_prefix_tokens, ropes[-1])
+    x = model.norm(last(x, rope=ropes[-1]) if is_eva else last(x))
+    cls = model.forward_head(x, pre_logits=True)
+    return ScoreOutput(scores, cls, (int(grid[0]), int(grid[1])), x[:, num_prefix_tokens:])
+
+
 class PatchScorer(nn.Module):
     """A frozen governor that returns Eq. 2 patch scores and its CLS embedding in one forward pass."""
 
@@ -203,25 +227,7 @@ class PatchScorer(nn.Module):
         return self._forward_open_clip(images)
 
     def _forward_timm(self, images: torch.Tensor) -> ScoreOutput:
-        model = self.model
-        is_eva = isinstance(model, Eva)
-        x = model.patch_embed(images)
-        grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(model.patch_embed.grid_size)
-        rope = None
-        if is_eva:
-            x, rope = model._pos_embed(x)
-        else:
-            x = model.patch_drop(model._pos_embed(x))
-        x = model.norm_pre(x)
-        mixed = rope is not None and getattr(model, "rope_mixed", False)
-        ropes = list(rope) if mixed else [rope] * len(model.blocks)
-        for block, block_rope in zip(model.blocks[:-1], ropes):
-            x = block(x, rope=block_rope) if is_eva else block(x)
-        last = model.blocks[-1]
-        scores = cls_patch_scores(qk_projection(last.attn), last.norm1(x), self.num_prefix_tokens, ropes[-1])
-        x = model.norm(last(x, rope=ropes[-1]) if is_eva else last(x))
-        cls = model.forward_head(x, pre_logits=True)
-        return ScoreOutput(scores, cls, (int(grid[0]), int(grid[1])), x[:, self.num_prefix_tokens :])
+        return timm_forward(self.model, images, self.num_prefix_tokens)
 
     def _forward_open_clip(self, images: torch.Tensor) -> ScoreOutput:
         visual = self.model

@@ -37,7 +37,6 @@ quality figures of ``governor_quality`` on held-out scenes.
 from __future__ import annotations
 
 import copy
-import math
 import multiprocessing as mp
 import time
 from dataclasses import asdict, dataclass
@@ -61,13 +60,15 @@ from lightning_juicer.governor.quality import (
     render_scenes,
     to_tensor,
 )
-from lightning_juicer.governor.scoring import PatchScorer, cls_patch_scores, qk_projection
+from lightning_juicer.governor.scoring import PatchScorer, timm_forward
+from lightning_juicer.optim import param_groups, warmup_cosine
 
 SYNTHETIC_GOVERNOR = Path(__file__).parent.parent / "assets" / "governor-synthetic"
 ACTIVATION = "sigmoid"
 ARCHITECTURE = "vit_tiny_patch16_224"  # the timm factory; every size argument is overridden below
 MEAN = tuple(open_clip.OPENAI_DATASET_MEAN)
 STD = tuple(open_clip.OPENAI_DATASET_STD)
+VIT_NO_DECAY = ("cls_token", "pos_embed", "reg_token")  # timm ViT parameters kept free of weight decay
 
 
 @dataclass
@@ -190,13 +191,8 @@ def forward_with_scores(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Class logits [B, C], Eq. 2 patch scores [B, m] (``PatchScorer``'s computation) and the final normed
     patch tokens [B, m, D], with gradients."""
-    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-    for block in model.blocks[:-1]:
-        x = block(x)
-    last = model.blocks[-1]
-    scores = cls_patch_scores(qk_projection(last.attn), last.norm1(x), model.num_prefix_tokens)
-    x = model.norm(last(x))
-    return model.forward_head(x), scores, x[:, model.num_prefix_tokens :]
+    out = timm_forward(model, images, model.num_prefix_tokens)
+    return model.head(out.cls), out.scores, out.patches
 
 
 def _render_chunk(args: tuple[int, int, int, int, int, int]) -> Scenes:
@@ -214,25 +210,6 @@ def render_pool(count: int, stream: int, seed: int, image_size: int, patch_size:
     else:
         parts = [_render_chunk(job) for job in jobs]
     return Scenes(*(np.concatenate([getattr(p, f) for p in parts]) for f in Scenes._fields[:-1]), parts[0].grid)
-
-
-def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    skip = {"cls_token", "pos_embed", "reg_token"}
-    for module in modules:
-        for name, p in module.named_parameters():
-            if p.ndim < 2 or name.split(".")[-1] in skip:
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _lr(cfg: GovernorTrainConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 def scorer_and_head(model: VisionTransformer) -> tuple[PatchScorer, ClassHead]:
@@ -276,15 +253,16 @@ def _train(cfg: GovernorTrainConfig, log) -> tuple[VisionTransformer, dict]:
     affine = nn.Parameter(torch.tensor([1.0, 0.0]))  # score scale and offset of the patch loss
     # per-patch class head (not exported): 12 shapes + background, soft targets from the masks
     token_head = nn.Linear(model.embed_dim, len(SHAPE_CLASSES) + 1)
-    groups = _param_groups([model, token_head], cfg.weight_decay)
+    groups = param_groups([model, token_head], cfg.weight_decay, no_decay_names=VIT_NO_DECAY)
     groups[1]["params"].append(affine)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+    schedule = warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr / cfg.lr if cfg.lr else 0.0)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     running = {"cls": 0.0, "patch": 0.0, "token": 0.0, "n": 0}
     train_start = time.perf_counter()
     for step in range(cfg.steps):
-        lr = _lr(cfg, step)
+        lr = cfg.lr * schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(images), (cfg.batch_size,), generator=generator)

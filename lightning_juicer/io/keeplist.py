@@ -30,7 +30,8 @@ from typing import Any
 from webdataset.tariterators import base_plus_ext
 
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.io.sidecar import _REMOTE, atomic_write
+from lightning_juicer.io.atomic import atomic_write
+from lightning_juicer.io.shards import is_remote
 
 FORMAT_VERSION = 2
 
@@ -112,7 +113,7 @@ def shard_path(url: str) -> str:
     if url.startswith("pipe:"):
         tokens = [t for t in url[5:].split() if ".tar" in t]
         return tokens[-1] if tokens else url
-    if _REMOTE.match(url) and not Path(url).exists():
+    if is_remote(url):
         return url
     return os.path.abspath(url)
 
@@ -182,7 +183,7 @@ def check_keep_list(keep: KeepList, urls: list[str], key: str = "data.init_args.
     where = keep.info.get("path", "the keep list")
     kept = {url: keep.shards[ident] for url, ident in match_shards(keep, urls, key).items()}
     for url, keys in kept.items():
-        if _REMOTE.match(url) and not Path(url).exists():
+        if is_remote(url):
             continue
         absent = sorted(keys - shard_keys(url))
         if absent:

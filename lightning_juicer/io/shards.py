@@ -10,7 +10,13 @@ import webdataset as wds
 
 from lightning_juicer.errors import ConfigError
 
-_REMOTE = re.compile(r"^(pipe:|[a-z0-9+]+://)")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+def is_remote(url: str) -> bool:
+    """True for a shard URL that is not a local file: a ``pipe:`` command or a ``scheme:`` URL (``https://``,
+    ``s3://``, ...) as webdataset opens them, unless a local path of that name exists."""
+    return bool(_SCHEME.match(url)) and not Path(url).exists()
 
 
 def expand_shards(spec: str | list[str], key: str) -> list[str]:
@@ -19,7 +25,7 @@ def expand_shards(spec: str | list[str], key: str) -> list[str]:
     urls = [url for s in specs if s.strip() for url in wds.shardlists.expand_urls(s.strip())]
     if not urls:
         raise ConfigError(f"{key}: the shard list is empty; give shard paths like '/data/cc3m/{{00000..00331}}.tar'")
-    missing = [u for u in urls if not _REMOTE.match(u) and not Path(u).is_file()]
+    missing = [u for u in urls if not is_remote(u) and not Path(u).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConfigError(f"{key}: shard file not found: {missing[0]}{more}")
@@ -31,7 +37,7 @@ def shard_sizes(urls: list[str]) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     sizes_cache: dict[Path, dict] = {}
     for url in urls:
-        if _REMOTE.match(url):
+        if is_remote(url):
             out[url] = None
             continue
         path = Path(url)

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,12 +40,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.atomic import atomic_write
+from lightning_juicer.io.shards import is_remote
 
 FORMAT_VERSION = 1
 SUFFIX = ".juice.parquet"
 META_PREFIX = "juicer."
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-_REMOTE = re.compile(r"^[a-z0-9+]+:", re.IGNORECASE)
 
 SCHEMA = pa.schema(
     [
@@ -67,7 +66,7 @@ def _shard_name(shard_url: str) -> str | None:
     if shard_url.startswith("pipe:"):
         tokens = [t for t in shard_url[5:].split() if ".tar" in t]
         return os.path.basename(urlparse(tokens[-1]).path) if tokens else None
-    if _REMOTE.match(shard_url) and not Path(shard_url).exists():
+    if is_remote(shard_url):
         return os.path.basename(urlparse(shard_url).path) or None
     return Path(shard_url).name or None
 
@@ -80,7 +79,7 @@ def sidecar_path(shard_url: str, sidecar_dir: str | Path | None = None, key: str
     stem = name[: name.index(".tar")] if ".tar" in name else Path(name).stem
     if sidecar_dir is not None:
         return Path(sidecar_dir) / f"{stem}{SUFFIX}"
-    if shard_url.startswith("pipe:") or (_REMOTE.match(shard_url) and not Path(shard_url).exists()):
+    if is_remote(shard_url):
         raise ConfigError(f"{key}: shard {shard_url} is not a local file; set {key} to a folder for its sidecar")
     return Path(shard_url).parent / f"{stem}{SUFFIX}"
 
@@ -185,31 +184,6 @@ def to_arrow(
     ]
     schema = SCHEMA.with_metadata(_metadata(governor, {**settings, "grid": [grid_h, grid_w]}, extra))
     return pa.Table.from_arrays(columns, schema=schema)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling ``<path>.tmp-<pid>`` that replaces ``path`` on success and is removed on failure."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> Path:
-    """Write a file atomically: ``write(binary_file)`` into a temporary sibling, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    return path
 
 
 def write_sidecar(

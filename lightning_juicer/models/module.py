@@ -21,7 +21,7 @@ from lightning_juicer.models.family import (
     family_model_kwargs,
 )
 from lightning_juicer.models.guards import NONFINITE_POLICIES, LossGuard
-from lightning_juicer.models.optim import param_groups, warmup_cosine
+from lightning_juicer.optim import param_groups, warmup_cosine
 from lightning_juicer.models.tower import check_variable_token_tower, encode_kept
 from lightning_juicer.models.vision_init import warm_start_visual
 

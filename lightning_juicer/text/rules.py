@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.io.sidecar import atomic_write
+from lightning_juicer.io.atomic import atomic_write
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
