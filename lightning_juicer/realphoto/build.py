@@ -83,7 +83,7 @@ def real_photo_paths(root: str | Path) -> RealPhotoPaths:
     root = Path(root).resolve()
     if not is_built(root):
         raise ConfigError(f"real-photo benchmark not found at {root} (no {MARKER}); "
-                          "build it with python preprocess/make_real_photos.py root=<folder>")
+                          "build it with python preprocess/make_real_photos.py --root <folder>")
     common = DatasetPaths.fields_of(root, read_marker(root, MARKER)["counts"])
     return RealPhotoPaths(**common, templates_file=common["zeroshot_dir"] / "templates.txt",
                           retrieval_objects=common["retrieval_json"].parent / "objects.json",
