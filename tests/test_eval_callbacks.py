@@ -20,7 +20,8 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_juicer.callbacks.evaluation import RetrievalEvaluation, ZeroShotEvaluation, append_results
+from lightning_juicer.callbacks import RetrievalEvaluation, ZeroShotEvaluation
+from lightning_juicer.callbacks.evaluation import append_results
 from lightning_juicer.data.datamodule import JuicerDataModule
 from lightning_juicer.synthetic import SHAPE_CLASSES, SyntheticConfig, prepare_synthetic
 from lightning_juicer.errors import ConfigError
@@ -310,7 +311,7 @@ def test_two_process_ddp_gives_the_same_metrics_as_one(fitted, synthetic, model_
     one.validate(JuicerCLIP(**model_args), JuicerDataModule(synthetic=cfg, batch_size=8, num_workers=0),
                  ckpt_path=checkpoint.last_model_path)
     extra = {"trainer": {"callbacks": [
-        {"class_path": f"lightning_juicer.callbacks.evaluation.{type(c).__name__}",
+        {"class_path": f"lightning_juicer.callbacks.{type(c).__name__}",
          "init_args": {"name": c.name, "title": c.title, "batch_size": c.batch_size, "num_workers": 0,
                        **({"templates": "photo"} if isinstance(c, ZeroShotEvaluation) else {})}}
         for c in _callbacks()]}}

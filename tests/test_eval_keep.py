@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_juicer.callbacks.evaluation import RetrievalEvaluation, ZeroShotEvaluation
+from lightning_juicer.callbacks import RetrievalEvaluation, ZeroShotEvaluation
 from lightning_juicer.cli import main
 from lightning_juicer.data.datamodule import JuicerDataModule
 from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic

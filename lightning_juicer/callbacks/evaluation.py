@@ -1,4 +1,7 @@
-"""Zero-shot classification and image-text retrieval callbacks: during fit, at its end, and on validate/test.
+"""What the evaluation callbacks share: scheduling, sharding over ranks, logging, results files (``EvaluationCallback``).
+
+The callbacks themselves: ``callbacks/zeroshot.py`` (``ZeroShotEvaluation``) and ``callbacks/retrieval.py``
+(``RetrievalEvaluation``); each subclass names its dataset, its evaluation and its metric names.
 
 One callback instance evaluates one dataset; list several for several datasets. Each evaluation
 is sharded over ranks and gathered, so every rank logs the same ``eval/<name>/<metric>`` values
@@ -33,18 +36,8 @@ from torch.utils.data import Dataset
 from lightning_juicer.synthetic import synthetic_paths
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.atomic import atomic_write_text
-from lightning_juicer.io.classnames import read_classnames
 from lightning_juicer.evaluation.common import SampleKeep, ScoreKeep, eval_loader, eval_mode
-from lightning_juicer.evaluation.datasets import (
-    IMAGENET_SETS,
-    ImageFolderClassification,
-    KarpathyRetrieval,
-    WebDatasetEval,
-    imagenet_subset,
-    is_shard_spec,
-)
-from lightning_juicer.evaluation.retrieval import evaluate_retrieval
-from lightning_juicer.evaluation.zeroshot import EvalResult, evaluate_zeroshot, resolve_templates
+from lightning_juicer.evaluation.zeroshot import EvalResult
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
 from lightning_juicer.governor.selection import ALL_STRATEGIES, SCORE_STRATEGIES
@@ -86,7 +79,7 @@ def format_table(title: str, rows: Sequence[tuple[str, float]]) -> str:
     return "\n".join(lines)
 
 
-class _Evaluation(L.Callback):
+class EvaluationCallback(L.Callback):
     """Scheduling, sharding, logging and results files shared by the evaluation callbacks."""
 
     task = ""
@@ -275,138 +268,3 @@ class _Evaluation(L.Callback):
                 f"{type(self).__name__}({self.name}) did not run: the {stage} loop had no batches "
                 "(check limit_val_batches / limit_test_batches and the DataModule's val data)"
             )
-
-
-class ZeroShotEvaluation(_Evaluation):
-    """Zero-shot top-1/top-5 from class names x prompt templates (open_clip's classifier): ``eval/<name>/top1``.
-
-    Args:
-        name: dataset name in metric keys and results.json (``imagenet``, ``imagenet-r``, ``synthetic``).
-        root: ImageFolder directory (``root/<class>/<image>``) or webdataset shards with ``cls``; None = the
-            synthetic zero-shot set of a DataModule that trains on synthetic data.
-        classnames: class-names file (one per line, sorted-folder / label order) or ``imagenet`` /
-            ``imagenet-r`` / ``imagenet-a`` (wnid folders, or shard labels in that set's order); for a folder,
-            None = ``root/classnames.txt``, else wnid folders as ImageNet, else the folder names.
-        templates: ``openai`` (80, CLIP's), ``simple`` (open_clip's 7), ``photo`` ("a photo of a {}.") or a list.
-        title: name in the console table (``ImageNet-1k``); defaults to ``name``.
-        every_n_steps: evaluate every N optimizer steps during fit (0 = only at the end).
-        at_fit_end: evaluate the final weights when fit ends.
-        batch_size: images per forward on each rank.
-        num_workers: DataLoader workers per rank.
-        keep_ratio: fraction of patches the image tower sees (1.0 = full images; the paper's Table 4 below).
-        selection: patch selection below keep ratio 1: ``topk`` / ``stratified`` (the governor's scores, on the
-            fly), ``random`` (seeded per image) or ``full``.
-        seed: seed of the per-image patch selection (random, stratified).
-        governor: the frozen governor scoring patches for ``topk`` / ``stratified``; None = the DataModule's
-            (sharing its loaded model when it scores on the fly), else ``juicer-synthetic``.
-    """
-
-    task = "zeroshot"
-
-    def __init__(self, name: str = "zeroshot", root: str | None = None, classnames: str | None = None,
-                 templates: str | list[str] = "openai", title: str | None = None, every_n_steps: int = 0,
-                 at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2, keep_ratio: float = 1.0,
-                 selection: str = "random", seed: int = 0, governor: GovernorConfig | None = None) -> None:
-        super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
-                         seed, governor)
-        self.root = root
-        self.classnames = classnames
-        self.templates = resolve_templates(templates, self._key("templates"))
-        self.template_set = templates if isinstance(templates, str) else "custom"
-
-    def build_dataset(self, trainer: L.Trainer, transform: Any) -> Dataset:
-        """ImageFolder or webdataset classification set; fixes ``self.classnames_list``."""
-        root, classnames = self.root, self.classnames
-        if root is None:
-            paths = self._synthetic(trainer, "root")
-            root, classnames = str(paths.zeroshot_dir), classnames or str(paths.classnames_file)
-        if is_shard_spec(root):
-            if classnames is None:
-                raise ConfigError(f"{self._key('classnames')}: required for webdataset shards (a file or one of "
-                                  f"{IMAGENET_SETS})")
-            self.classnames_list = (imagenet_subset(classnames)[1] if classnames in IMAGENET_SETS
-                                    else read_classnames(classnames, self._key("classnames")))
-            return WebDatasetEval(root, "classification", transform, key=self._key("root"))
-        dataset = ImageFolderClassification(root, classnames, transform, key=self._key("root"),
-                                            classnames_key=self._key("classnames"))
-        self.classnames_list = dataset.classnames
-        return dataset
-
-    def evaluate(self, pl_module, loader, keep, trainer) -> EvalResult:
-        """Zero-shot top-1/top-5 of the model on the gathered set."""
-        result = evaluate_zeroshot(
-            pl_module, loader, self.classnames_list, self.templates, pl_module.device, keep,
-            trainer.global_rank, trainer.world_size, trainer.strategy.all_gather,
-            trainer.precision_plugin.forward_context, classnames_key=self._key("classnames"),
-        )
-        result.extra["templates"] = self.template_set
-        return result
-
-    def display_names(self) -> dict[str, str]:
-        """``top1`` -> "<title> zero-shot top-1"."""
-        return {"top1": f"{self.title} zero-shot top-1", "top5": f"{self.title} zero-shot top-5"}
-
-
-class RetrievalEvaluation(_Evaluation):
-    """Image->text and text->image recall@1/5/10 and their mean, logged as ``eval/<name>/i2t_r1`` etc.
-
-    Args:
-        name: dataset name in metric keys and results.json (``coco``, ``flickr30k``, ``synthetic``).
-        root: image folder for ``annotations``, or webdataset shards (image + ``txt``, one caption per
-            line or a JSON list); None (with no annotations) = the synthetic retrieval set.
-        annotations: Karpathy split JSON (``dataset_coco.json``) or an ALBEF/BLIP ``[{image, caption}]`` list.
-        split: Karpathy split to evaluate (``test``: COCO 5k, Flickr30k 1k).
-        captions_per_image: captions kept per image (5 in the standard protocol; None = all).
-        title: name in the console table (``COCO``); defaults to ``name``.
-        every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection, seed, governor: as
-            ZeroShotEvaluation.
-        chunk_size: image/caption rows per similarity block.
-    """
-
-    task = "retrieval"
-
-    def __init__(self, name: str = "retrieval", root: str | None = None, annotations: str | None = None,
-                 split: str = "test", captions_per_image: int | None = 5, title: str | None = None,
-                 every_n_steps: int = 0, at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2,
-                 keep_ratio: float = 1.0, selection: str = "random", seed: int = 0, chunk_size: int = 1024,
-                 governor: GovernorConfig | None = None) -> None:
-        super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
-                         seed, governor)
-        if captions_per_image is not None and captions_per_image < 1:
-            raise ConfigError(f"{self._key('captions_per_image')}: {captions_per_image} must be >= 1 (or null)")
-        self.root = root
-        self.annotations = annotations
-        self.split = split
-        self.captions_per_image = captions_per_image
-        self.chunk_size = chunk_size
-
-    def build_dataset(self, trainer: L.Trainer, transform: Any) -> Dataset:
-        """Karpathy JSON + image folder, or webdataset shards."""
-        root, annotations = self.root, self.annotations
-        if root is None and annotations is None:
-            paths = self._synthetic(trainer, "root")
-            root, annotations = str(paths.retrieval_json.parent), str(paths.retrieval_json)
-        if root is None:
-            raise ConfigError(f"{self._key('root')}: required with annotations (the folder holding the images)")
-        if annotations is None:
-            if not is_shard_spec(root):
-                raise ConfigError(f"{self._key('annotations')}: required unless root is webdataset shards "
-                                  f"(got the folder or missing path {root})")
-            return WebDatasetEval(root, "retrieval", transform, key=self._key("root"),
-                                  captions_per_image=self.captions_per_image)
-        return KarpathyRetrieval(annotations, root, transform, self.split, self.captions_per_image,
-                                 key=self._key("root"), annotations_key=self._key("annotations"))
-
-    def evaluate(self, pl_module, loader, keep, trainer) -> EvalResult:
-        """Recall@K both ways on the gathered set."""
-        return evaluate_retrieval(
-            pl_module, loader, pl_module.device, keep, trainer.global_rank, trainer.world_size,
-            trainer.strategy.all_gather, trainer.precision_plugin.forward_context, chunk_size=self.chunk_size,
-        )
-
-    def display_names(self) -> dict[str, str]:
-        """``i2t_r1`` -> "<title> image->text R@1", ..., ``mean_recall`` -> "<title> mean recall"."""
-        names = {f"i2t_r{k}": f"{self.title} image->text R@{k}" for k in (1, 5, 10)}
-        names.update({f"t2i_r{k}": f"{self.title} text->image R@{k}" for k in (1, 5, 10)})
-        names["mean_recall"] = f"{self.title} mean recall"
-        return names
