@@ -22,7 +22,7 @@ from lightning_juicer.data import JuicerDataModule
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.models import JuicerCLIP
 from lightning_juicer.models.guards import NonFiniteLossError
-from lightning_juicer.models.optim import warmup_cosine
+from lightning_juicer.optim import warmup_cosine
 from tests.conftest import QUICKSTART, REPO
 
 LR, WARMUP, MAX_STEPS, PHASE_STEPS, MULT = 2e-3, 4, 24, 8, 0.5

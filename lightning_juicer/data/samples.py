@@ -8,11 +8,10 @@ from typing import Callable
 import torch
 
 from lightning_juicer.io.decode import WIDE_MODES, DraftedDecoder, load_rgb, to_8bit  # noqa: F401 (re-exported)
+from lightning_juicer.io.tars import CAPTION_EXTS, IMAGE_EXTS
 from lightning_juicer.data.drops import DropCounter
 from lightning_juicer.governor.selection import SCORE_STRATEGIES, resample_scores, select_from_scores, select_patches
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-CAPTION_EXTS = ("txt",)
 CAPTION_SOURCES = ("original", "juiced", "mix")
 
 

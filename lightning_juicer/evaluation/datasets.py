@@ -41,13 +41,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from lightning_juicer.io.decode import DraftedDecoder
 from lightning_juicer.io.shards import expand_shards
+from lightning_juicer.io.tars import IMAGE_EXTS
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.classnames import read_classnames
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = IMG_EXTENSIONS  # torchvision ImageFolder's: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp
-WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 IMAGENET_SETS = ("imagenet", "imagenet-r", "imagenet-a")
 _LOG_FIRST = 10
 
@@ -264,7 +264,7 @@ class WebDatasetEval(IterableDataset):
 
     def _decode(self, sample: dict, index: int) -> dict:
         what = f"{sample.get('__url__')}:{sample.get('__key__')}"
-        data = next((sample[k] for k in WDS_IMAGE_KEYS if k in sample), None)
+        data = next((sample[k] for k in IMAGE_EXTS if k in sample), None)
         out: dict = {"index": index, "image": None}
         if self.task == "classification":
             try:
@@ -282,7 +282,7 @@ class WebDatasetEval(IterableDataset):
                 _warn("evaluation sample %s has no captions, counted as skipped", what)
                 return out
         if data is None:
-            _warn("evaluation sample %s has no image (%s), counted as skipped", what, "/".join(WDS_IMAGE_KEYS))
+            _warn("evaluation sample %s has no image (%s), counted as skipped", what, "/".join(IMAGE_EXTS))
             return out
         out["image"] = load_image(data, self.transform, what)
         return out

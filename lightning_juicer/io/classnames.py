@@ -1,10 +1,15 @@
-"""Class-name files: one class name per line, in label order (blank lines ignored)."""
+"""Class-name files: one class name per line, in label order (blank lines ignored on reading)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from lightning_juicer.errors import ConfigError
+
+
+def write_classnames(path: str | Path, names: list[str]) -> None:
+    """Write class names one per line (UTF-8, each line ending in a newline)."""
+    Path(path).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
 
 
 def read_classnames(path: str | Path, key: str = "classnames") -> list[str]:

@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, url_opener
 
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # a sample's image member, first found in this order
+CAPTION_EXTS = ("txt",)  # its caption member
+
 
 def keyed_members(files: Iterable[dict], on_unkeyed: Callable[[str, str], None]) -> Iterator[dict]:
     """Pass tar members whose name splits into key + extension; report the others once per name stem."""

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.classnames import write_classnames
 from lightning_juicer.io.writers import encode_mask, jpeg_bytes, karpathy_image, png_bytes, write_json, write_shards
 from lightning_juicer.realphoto.captions import (
     ZEROSHOT_TEMPLATES,
@@ -152,7 +153,7 @@ def write_zeroshot(composer: Composer, items: dict[int, list[int]], out_dir: Pat
         for index in items[c]:
             image = Image.fromarray(images[index]).resize((composer.image_size,) * 2, Image.BICUBIC)
             (folder / f"test_{index:05d}.png").write_bytes(png_bytes(image))
-    (out_dir / "classnames.txt").write_text("".join(FASHION_CLASSES[c].name + "\n" for c in order), encoding="utf-8")
+    write_classnames(out_dir / "classnames.txt", [FASHION_CLASSES[c].name for c in order])
     (out_dir / "templates.txt").write_text("".join(t + "\n" for t in ZEROSHOT_TEMPLATES), encoding="utf-8")
     return sum(len(v) for v in items.values())
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.classnames import write_classnames
 from lightning_juicer.io.dataset_dir import DatasetPaths, build_atomically, is_complete, read_marker, refuse_foreign
 from lightning_juicer.io.writers import encode_mask, jpeg_bytes, karpathy_image, write_json
 from lightning_juicer.io.writers import write_shards as write_shards_of
@@ -110,7 +111,7 @@ def write_zeroshot(cfg: SyntheticConfig, out_dir: Path) -> int:
             rng = _sample_rng(cfg.seed, "zeroshot", c, i)
             image, _ = render_scene(rng, cfg.image_size, 1, shapes=[name])
             (cls_dir / f"{name}_{i:04d}.jpg").write_bytes(jpeg_bytes(image, cfg.jpeg_quality))
-    (out_dir / "classnames.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    write_classnames(out_dir / "classnames.txt", classes)
     return len(classes) * cfg.eval_per_class
 
 

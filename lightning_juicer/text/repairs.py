@@ -1,6 +1,6 @@
 """How many injected caption errors a text governor repaired, measured against the synthetic generator's clean captions.
 
-Each synthetic sample records its clean caption and the noise applied (``data/synthetic.py``). An
+Each synthetic sample records its clean caption and the noise applied (``lightning_juicer.synthetic``). An
 injected **misspelling** is a word of the noisy caption that the clean caption lacks but that is one
 edit away from a clean word; it is repaired when the output no longer has it and has the clean word.
 An injected **repeat** is an adjacent duplicate word that the clean caption does not have; it is
