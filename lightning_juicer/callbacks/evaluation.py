@@ -1,4 +1,4 @@
-"""What the evaluation callbacks share: scheduling, sharding over ranks, logging, results files (``EvaluationCallback``).
+"""What the evaluation callbacks share (``EvaluationCallback``): scheduling, sharding over ranks, logging, results.
 
 The callbacks themselves: ``callbacks/zeroshot.py`` (``ZeroShotEvaluation``) and ``callbacks/retrieval.py``
 (``RetrievalEvaluation``); each subclass names its dataset, its evaluation and its metric names.

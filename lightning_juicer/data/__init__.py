@@ -1,4 +1,4 @@
-"""Data: the synthetic generator, shard reading, batch decoding and the DataModule.
+"""Data: shard reading, batch decoding and the DataModule (the synthetic generator: ``lightning_juicer.synthetic``).
 
 The names below are imported on first use, so that light modules of this package (``writers``,
 ``shards``) can be used without importing Lightning.
