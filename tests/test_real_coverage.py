@@ -1,4 +1,4 @@
-"""Governor coverage on the real-photo benchmark (lightning_juicer.realphoto.coverage), on a scorer whose answer is known."""
+"""Governor coverage on the real-photo benchmark (lightning_juicer.governor.coverage), on a scorer whose answer is known."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Oracle(torch.nn.Module):
 
 
 def test_an_oracle_covers_everything_its_inverse_nothing_and_random_about_half(tiny_real_photos):
-    from lightning_juicer.realphoto.coverage import governor_coverage, patch_object_fraction, read_samples
+    from lightning_juicer.governor.coverage import governor_coverage, patch_object_fraction, read_samples
 
     fractions = [patch_object_fraction(meta, (96, 96), (16, 16)) for _, _, meta in read_samples(tiny_real_photos.train_shards)]
     assert len(fractions) == 80 and all(f.shape == (36,) and 0 <= f.min() and f.max() <= 1 for f in fractions)

@@ -12,15 +12,15 @@ filter) before the cells are averaged.
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image
 
+from lightning_juicer.io.decode import load_rgb
 from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.io.writers import decode_mask
 from lightning_juicer.governor.quality import OBJECT_PATCH_THRESHOLD, to_tensor
@@ -29,19 +29,14 @@ from lightning_juicer.governor.selection import keep_count, select_random, selec
 
 
 def read_samples(shards: str, limit: int | None = None) -> Iterator[tuple[str, Image.Image, dict]]:
-    """(key, RGB image, ground-truth JSON) of the benchmark's shards, in shard and key order."""
-    count = 0
-    for url in expand_shards(shards, "shards"):
-        with tarfile.open(url) as tar:
-            members = {m.name: m for m in tar.getmembers()}
-            for name in sorted(n for n in members if n.endswith(".json")):
-                key = name[: -len(".json")]
-                meta = json.loads(tar.extractfile(members[name]).read())
-                image = Image.open(io.BytesIO(tar.extractfile(members[f"{key}.jpg"]).read())).convert("RGB")
-                yield key, image, meta
-                count += 1
-                if limit is not None and count >= limit:
-                    return
+    """(key, RGB image, ground-truth JSON) of the benchmark's shards, in shard and key order (webdataset's
+    reading, selection and decoding; the image through the project's decoder, ``io.decode.load_rgb``)."""
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(expand_shards(shards, "shards")), wds.tarfile_to_samples(),
+        wds.select(lambda sample: "json" in sample and "jpg" in sample),
+        wds.decode(wds.handle_extension("jpg", load_rgb)), wds.to_tuple("__key__", "jpg", "json"),
+    )
+    return itertools.islice(pipeline, limit)
 
 
 def patch_object_fraction(meta: dict, image_size: tuple[int, int], patch_size: tuple[int, int]) -> np.ndarray:
