@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchvision.transforms import v2 as T
 
 from lightning_juicer.io.decode import DraftedDecoder
-from lightning_juicer.data.samples import CAPTION_EXTS, IMAGE_EXTS
+from lightning_juicer.io.tars import CAPTION_EXTS, IMAGE_EXTS
 from lightning_juicer.io.shards import count_samples, expand_shards
 from lightning_juicer.io.tars import tar_samples
 from lightning_juicer.errors import ConfigError
@@ -71,12 +71,12 @@ from lightning_juicer.io.sidecar import (
     SUFFIX,
     SidecarInfo,
     SidecarRows,
-    atomic_write,
     check_sidecar,
     governor_id,
     sidecar_path,
     write_sidecar,
 )
+from lightning_juicer.io.atomic import atomic_write
 from lightning_juicer.outputs import check_writable, check_writable_parents
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.keeplist import shard_ids
 from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.io.atomic import atomic_write
+from lightning_juicer.io.transforms import crop_transform
 from lightning_juicer.io.sidecar import (
     SidecarInfo,
     _shard_name,
-    atomic_write,
     governor_id,
     sidecar_path,
 )
@@ -50,7 +51,6 @@ from lightning_juicer.governor.vision_pass import (
     ShardProgressBar,
     SidecarWriter,
     check_outputs,
-    crop_transform,
     pass_trainer,
     plan_jobs,
 )
