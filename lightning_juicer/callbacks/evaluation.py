@@ -46,7 +46,7 @@ from lightning_juicer.evaluation.retrieval import evaluate_retrieval
 from lightning_juicer.evaluation.zeroshot import EvalResult, evaluate_zeroshot, resolve_templates
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
-from lightning_juicer.governor.selection import ALL_STRATEGIES, SCORE_STRATEGIES
+from lightning_juicer.selection import SelectionStrategy, build_strategy
 
 RESULTS_FILE = "results.json"
 
@@ -93,7 +93,7 @@ class _Evaluation(L.Callback):
     task = ""
 
     def __init__(self, name: str, title: str | None, every_n_steps: int, at_fit_end: bool, batch_size: int,
-                 num_workers: int, keep_ratio: float, selection: str, seed: int,
+                 num_workers: int, keep_ratio: float, selection: str | SelectionStrategy, seed: int,
                  governor: GovernorConfig | None = None) -> None:
         super().__init__()
         if every_n_steps < 0:
@@ -102,8 +102,7 @@ class _Evaluation(L.Callback):
             raise ConfigError(f"{self._key('batch_size')}: {batch_size} must be >= 1")
         if not 0.0 < keep_ratio <= 1.0:
             raise ConfigError(f"{self._key('keep_ratio')}: {keep_ratio} is outside (0, 1]")
-        if selection not in ALL_STRATEGIES:
-            raise ConfigError(f"{self._key('selection')}: {selection!r} is not one of {ALL_STRATEGIES}")
+        self.strategy = build_strategy(selection, self._key("selection"))
         self.name = name
         self.title = title or name
         self.every_n_steps = every_n_steps
@@ -155,7 +154,7 @@ class _Evaluation(L.Callback):
             return
         self.spec = pl_module.data_spec()
         self.dataset = self.build_dataset(trainer, self.spec.image_transform())
-        if self.selection in SCORE_STRATEGIES and self.keep_ratio < 1.0 and self.selector is None:
+        if self.strategy.needs != "nothing" and not self.strategy.keeps_all(self.keep_ratio) and self.selector is None:
             self.selector = self._score_selector(trainer)
 
     def _score_selector(self, trainer: L.Trainer) -> OnlineSelector:
@@ -169,7 +168,7 @@ class _Evaluation(L.Callback):
             scorer = load_governor(governor.name, governor.pretrained)
         self.governor = governor
         spec = self.spec
-        return OnlineSelector(scorer, self.selection, self.keep_ratio, spec.grid, spec.mean, spec.std)
+        return OnlineSelector(scorer, self.strategy, self.keep_ratio, spec.grid, spec.mean, spec.std)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> EvalResult:
         """Evaluate now on every rank (model in eval mode, no grad, modes restored); the same result on all ranks."""
@@ -177,9 +176,9 @@ class _Evaluation(L.Callback):
         loader = eval_loader(self.dataset, self.spec.image_size, self.batch_size, self.num_workers,
                              trainer.global_rank, trainer.world_size)
         if self.selector is not None:
-            keep = ScoreKeep(self.selector, self.spec.num_patches, self.seed)
+            keep = ScoreKeep(self.selector.to(pl_module.device), self.spec.num_patches, self.seed)
         else:
-            keep = SampleKeep(self.selection, self.spec.num_patches, self.keep_ratio, self.seed)
+            keep = SampleKeep(self.strategy, self.spec.num_patches, self.keep_ratio, self.seed)
         with eval_mode(pl_module):
             result = self.evaluate(pl_module, loader, keep, trainer)
         if self.selector is not None:
@@ -230,8 +229,8 @@ class _Evaluation(L.Callback):
         common = {
             "dataset": self.name, "task": self.task, "step": self.step(trainer), "epoch": trainer.current_epoch,
             "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None, "keep_ratio": self.keep_ratio,
-            "selection": self.selection if self.keep_ratio < 1.0 else "full", "num_samples": result.num_samples,
-            "skipped": result.skipped, **result.extra,
+            "selection": "full" if self.strategy.keeps_all(self.keep_ratio) else self.strategy.name,
+            "num_samples": result.num_samples, "skipped": result.skipped, **result.extra,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return [{"metric": k, "name": names.get(k, k), "value": v, **common} for k, v in result.metrics.items()]
@@ -295,10 +294,11 @@ class ZeroShotEvaluation(_Evaluation):
         batch_size: images per forward on each rank.
         num_workers: DataLoader workers per rank.
         keep_ratio: fraction of patches the image tower sees (1.0 = full images; the paper's Table 4 below).
-        selection: patch selection below keep ratio 1: ``topk`` / ``stratified`` (the governor's scores, on the
-            fly), ``random`` (seeded per image) or ``full``.
-        seed: seed of the per-image patch selection (random, stratified).
-        governor: the frozen governor scoring patches for ``topk`` / ``stratified``; None = the DataModule's
+        selection: patch selection below keep ratio 1 (``lightning_juicer.selection``, a name or a class_path
+            instance): ``topk`` / ``stratified`` / ``mix`` / ``topk_context`` / ``cluster`` (the governor's scores or
+            patch tokens, on the fly), ``random`` (seeded per image) or ``full``.
+        seed: seed of the per-image patch selection (every strategy but topk and full).
+        governor: the frozen governor for the strategies that need it; None = the DataModule's
             (sharing its loaded model when it scores on the fly), else ``juicer-synthetic``.
     """
 
@@ -307,7 +307,8 @@ class ZeroShotEvaluation(_Evaluation):
     def __init__(self, name: str = "zeroshot", root: str | None = None, classnames: str | None = None,
                  templates: str | list[str] = "openai", title: str | None = None, every_n_steps: int = 0,
                  at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2, keep_ratio: float = 1.0,
-                 selection: str = "random", seed: int = 0, governor: GovernorConfig | None = None) -> None:
+                 selection: str | SelectionStrategy = "random", seed: int = 0,
+                 governor: GovernorConfig | None = None) -> None:
         super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
                          seed, governor)
         self.root = root
@@ -369,8 +370,8 @@ class RetrievalEvaluation(_Evaluation):
     def __init__(self, name: str = "retrieval", root: str | None = None, annotations: str | None = None,
                  split: str = "test", captions_per_image: int | None = 5, title: str | None = None,
                  every_n_steps: int = 0, at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2,
-                 keep_ratio: float = 1.0, selection: str = "random", seed: int = 0, chunk_size: int = 1024,
-                 governor: GovernorConfig | None = None) -> None:
+                 keep_ratio: float = 1.0, selection: str | SelectionStrategy = "random", seed: int = 0,
+                 chunk_size: int = 1024, governor: GovernorConfig | None = None) -> None:
         super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
                          seed, governor)
         if captions_per_image is not None and captions_per_image < 1:
