@@ -69,12 +69,12 @@ def test_topk_context_keeps_the_top_share_and_draws_the_rest_uniformly_from_the_
 
 def test_topk_context_extremes_are_topk_and_a_random_set_and_it_is_deterministic():
     scores = torch.randn(6, 49, generator=_gen(1))
-    assert torch.equal(TopKContext(context=0.0)(scores, 0.5)[0], select_topk(scores, 25))
+    assert torch.equal(TopKContext(context=0.0)(scores, 0.5)[0], select_topk(scores, 24))  # k = round(24.5) = 24
     everything = TopKContext(context=1.0)(scores, 0.5, _gen(2))[0]
-    assert _valid(everything, 25, 49) and not torch.equal(everything, select_topk(scores, 25))
+    assert _valid(everything, 24, 49) and not torch.equal(everything, select_topk(scores, 24))
     a, b = (TopKContext(context=0.3)(scores, 0.5, _gen(4))[0] for _ in range(2))
-    assert torch.equal(a, b) and _valid(a, 25, 49)
-    # context share: round(0.3 * 25) = 8 outside the top 17, per row
+    assert torch.equal(a, b) and _valid(a, 24, 49)
+    # context share: round(0.3 * 24) = 7 outside the top 17, per row
     top17 = select_topk(scores, 17)
     assert [int(torch.isin(top, row).sum()) for row, top in zip(a, top17)] == [17] * 6
 
@@ -255,11 +255,34 @@ def test_zero_shot_evaluation_with_cluster_runs_through_validate(tiny_synthetic,
                                   selection="cluster", root=str(tiny_synthetic.zeroshot_dir),
                                   classnames=str(tiny_synthetic.classnames_file))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="run"), callbacks=[callback],
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, batch_size=8, num_workers=0, data_spec=SPEC)
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, val_shards=tiny_synthetic.val_shards, batch_size=8,
+                          num_workers=0)
     trainer.validate(model, dm)
     records = json.loads((Path(trainer.log_dir) / "results.json").read_text())
     assert {(r["dataset"], r["keep_ratio"], r["selection"], r["governor"]) for r in records} == {
         ("zs_cluster", 0.25, "cluster", "juicer-synthetic")}
-    kept = [k for k in seen if k is not None]
-    assert kept and all(k.shape[1] == 16 for k in kept)
+    kept = [k for k in seen if k is not None]  # the val loss batch goes through forward, not encode_image
+    assert kept and all(k.shape[1] == 16 for k in kept) and sum(len(k) for k in kept) == records[0]["num_samples"]
+
+
+def test_configs_name_a_strategy_or_give_its_class_path_and_settings(tmp_path):
+    from lightning_juicer.callbacks.evaluation import ZeroShotEvaluation
+    from lightning_juicer.cli import main
+    from tests.conftest import QUICKSTART
+
+    extra = tmp_path / "selection.yaml"
+    extra.write_text(
+        "data:\n  init_args:\n    selection:\n      class_path: lightning_juicer.selection.TopKContext\n"
+        "      init_args: {context: 0.5}\n"
+        "trainer:\n  callbacks:\n    - class_path: lightning_juicer.callbacks.ZeroShotEvaluation\n"
+        "      init_args: {name: zs, keep_ratio: 0.5, selection: {class_path: Mix, init_args: {components: [topk, random],"
+        " weights: [3, 1]}}}\n"
+    )
+    cli = main(["--config", str(QUICKSTART), "--config", str(extra)], run=False)
+    assert isinstance(cli.datamodule.strategy, TopKContext) and cli.datamodule.strategy.context == 0.5
+    assert cli.datamodule.selects_on_the_fly
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, ZeroShotEvaluation)]
+    assert (callback.strategy.components, callback.strategy.weights) == (("topk", "random"), (3.0, 1.0))
+    cli = main(["--config", str(QUICKSTART), "--data.init_args.selection", "mix"], run=False)
+    assert type(cli.datamodule.strategy) is Mix
