@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -236,6 +237,37 @@ def test_new_strategies_select_on_the_fly_and_in_evaluation(scorer, selection):
     whole = evaluate(index, images)
     assert torch.equal(whole, torch.cat([evaluate(index[:2], images[:2]), evaluate(index[2:], images[2:])]))
     assert _valid(whole, 32, 64)
+
+
+@contextlib.contextmanager
+def host_reads():
+    """Records every host read of a tensor (what waits for the device queue on a GPU) made inside the block."""
+    calls: list[str] = []
+    saved = {name: getattr(torch.Tensor, name) for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__int__",
+                                                            "__float__", "__index__")}
+    for name, original in saved.items():
+        setattr(torch.Tensor, name, lambda t, *a, _n=name, _o=original, **kw: calls.append(_n) or _o(t, *a, **kw))
+    try:
+        yield calls
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)
+
+
+def test_every_governor_strategy_selects_on_the_fly_without_host_reads(scorer):
+    images = torch.randn(4, 3, 64, 64, generator=_gen(12))
+    images[1, 0, 0, 0] = float("nan")  # a non-finite sample: the fallback count stays on the device
+    with host_reads() as calls:
+        assert int(torch.ones(())) == 1
+    assert calls == ["__int__"]  # the spy sees reads
+    for name in STRATEGIES:
+        selector = OnlineSelector(scorer, name, 0.5, SPEC.grid, SPEC.mean, SPEC.std)
+        with host_reads() as calls:
+            keep, fallbacks = selector(images)
+        assert calls == [], f"{name}: host reads {calls}"
+        assert name == "full" or _valid(keep, 32, 64)
+        if STRATEGIES.get(name).needs == "scores":
+            assert torch.is_tensor(fallbacks) and int(fallbacks) == 1, name
 
 
 def test_zero_shot_evaluation_with_cluster_runs_through_validate(tiny_synthetic, tiny_model_args, tmp_path):

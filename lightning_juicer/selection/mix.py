@@ -10,6 +10,7 @@ reading; ``topk_context`` does that for top-k + random.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -60,9 +61,10 @@ class Mix(SelectionStrategy):
 
     def select(self, inputs: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         batch = inputs.shape[0]
-        weights = torch.tensor(self.weights or [1.0] * len(self.components), dtype=torch.float64)
-        bounds = (weights.cumsum(0) / weights.sum()).to(inputs.device)
-        choice = torch.searchsorted(bounds, uniform_noise((batch,), generator, inputs.device).double(), right=True)
-        choice = choice.clamp(max=len(self.components) - 1)
+        weights = self.weights or (1.0,) * len(self.components)
+        drawn = uniform_noise((batch,), generator, inputs.device).double()
+        choice = torch.zeros(batch, dtype=torch.long, device=inputs.device)
+        for bound in itertools.accumulate(w / sum(weights) for w in weights[:-1]):  # host floats: no copy, no sync
+            choice += drawn >= bound
         picks = torch.stack([part.select(inputs, k, generator) for part in self.parts])  # [C, B, k]
         return picks.gather(0, choice[None, :, None].expand(1, batch, k))[0]
