@@ -72,7 +72,6 @@ class SampleKeep:
     def __init__(self, selection: str | SelectionStrategy, num_patches: int, keep_ratio: float, seed: int = 0,
                  provided: tuple[str, ...] = ("nothing",)) -> None:
         self.strategy = build_strategy(selection, "selection", provided, "evaluation without a governor")
-        self.selection = self.strategy.name
         self.num_patches, self.keep_ratio, self.seed = num_patches, keep_ratio, seed
         self.fallbacks = 0
 
