@@ -189,7 +189,8 @@ class JuicerDataModule(L.LightningDataModule):
                 scorer = load_governor(self.governor.name, self.governor.pretrained)
             except ConfigError as e:
                 raise rekeyed(e, "governor.", "data.init_args.governor.") from e
-            self.online_selector = OnlineSelector(scorer, self.strategy, self.keep_ratio, spec.grid, spec.mean, spec.std)
+            self.online_selector = OnlineSelector(scorer, self.strategy, self.keep_ratio, spec.grid, spec.mean,
+                                                  spec.std)
             log.info("on-the-fly %s selection at r=%s with governor %s", self.strategy, self.keep_ratio, self.governor.name)
 
         if self.selects_from_sidecars or self.captions != "original":
@@ -218,7 +219,8 @@ class JuicerDataModule(L.LightningDataModule):
     @property
     def selects_from_sidecars(self) -> bool:
         """True when training batches select patches from precomputed sidecar scores."""
-        return self.strategy.needs == "scores" and self.scores == "sidecar" and not self.strategy.keeps_all(self.keep_ratio)
+        return (self.strategy.needs == "scores" and self.scores == "sidecar"
+                and not self.strategy.keeps_all(self.keep_ratio))
 
     @property
     def selects_on_the_fly(self) -> bool:

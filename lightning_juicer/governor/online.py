@@ -20,7 +20,7 @@ class GovernorConfig:
 
 
 class OnlineSelector(nn.Module):
-    """The governor (a submodule) and a selection strategy: normalised student images -> kept indices on the student grid.
+    """The governor (a submodule) and a selection strategy: normalised student images -> kept patches (student grid).
 
     It never moves or casts itself: whoever holds it places it (Lightning, as a submodule of the
     LightningModule; or the caller's ``.to``), and the trainer's precision applies (autocast from the

@@ -34,8 +34,10 @@ def keep_count(num_patches: int, keep_ratio: float) -> int:
     return max(1, min(num_patches, round(keep_ratio * num_patches)))
 
 
-def uniform_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None) -> torch.Tensor:
-    """Uniform noise drawn on the generator's device (so a CPU generator gives the same numbers anywhere), on ``device``."""
+def uniform_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str | None
+) -> torch.Tensor:
+    """Uniform noise drawn on the generator's device (a CPU generator gives the same numbers anywhere), on ``device``."""
     drawn = torch.rand(shape, generator=generator, device=generator.device if generator is not None else device)
     return drawn if device is None else drawn.to(device)
 
@@ -53,7 +55,7 @@ def select_random(
 
 
 def shape_only(batch_size: int, num_patches: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """The input of a strategy that needs nothing: an empty [B, m, 0] tensor (its shape and device are all that is read)."""
+    """The input of a strategy that needs nothing: an empty [B, m, 0] tensor (only its shape and device are read)."""
     return torch.empty(batch_size, num_patches, 0, device=device)
 
 
@@ -121,7 +123,8 @@ def build_strategy(
         raise ConfigError(f"{key}: {strategy!r} is not a selection strategy; choose from {', '.join(STRATEGIES)}")
     if strategy.needs not in provided:
         where = f" {source}" if source else ""
+        usable = ", ".join(name for name in STRATEGIES if STRATEGIES.get(name).needs in provided)
         raise ConfigError(f"{key}: {strategy.name!r} needs the governor's patch {strategy.needs}, which{where} "
-                          f"cannot provide; choose from {', '.join(n for n in STRATEGIES if STRATEGIES.get(n).needs in provided)}")
+                          f"cannot provide; choose from {usable}")
     strategy.check(key)
     return strategy

@@ -1,4 +1,4 @@
-"""``cluster``: the paper's token-level Cluster*, patches kept evenly across k-means clusters of the governor's tokens."""
+"""``cluster``: the paper's token-level Cluster*, patches kept evenly across k-means clusters of the patch tokens."""
 
 from __future__ import annotations
 

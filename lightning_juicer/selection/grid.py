@@ -26,7 +26,7 @@ def resample_scores(scores: torch.Tensor, src_grid: tuple[int, int], dst_grid: t
 
 
 def resample_features(patches: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
-    """Patch features [B, m, W] on the governor's grid resampled (each channel like ``resample_scores``) to [B, m', W]."""
+    """Patch features [B, m, W] on the governor's grid resampled (each channel as ``resample_scores``) to [B, m', W]."""
     batch, m, width = patches.shape
     planes = resample_scores(patches.transpose(1, 2).reshape(batch * width, m), src_grid, dst_grid)
     return planes.reshape(batch, width, planes.shape[1]).transpose(1, 2)
