@@ -156,7 +156,7 @@ def online_check() -> dict:
     module = JuicerCLIP(model_name="ViT-B-16").to(device)
     spec = module.data_spec()
     selector = OnlineSelector(load_governor("vit_small_patch16_224.dino", pretrained=False), "topk", 0.5, spec.grid,
-                              spec.mean, spec.std)
+                              spec.mean, spec.std).to(device)  # placed by its holder; bf16 as the trainer's precision
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-5, fused=True)
     loss_fn = ClipLoss()
     image = torch.randn(128, 3, 224, 224, device=device)
@@ -179,10 +179,14 @@ def online_check() -> dict:
         torch.cuda.synchronize()
         return (time.perf_counter() - start) / n
 
-    keep, _ = selector(image)
+    def score():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return selector(image)
+
+    keep, _ = score()
     fractions = []
     for _ in range(5):
-        score_s = timed(lambda: selector(image))
+        score_s = timed(score)
         step_s = timed(lambda: step(keep))
         fractions.append(score_s / step_s)
     return {"scoring_over_step_median": round(statistics.median(fractions), 4),

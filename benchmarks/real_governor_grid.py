@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.fashion_evidence import FASHION_CLASSES, composite, fashion_items, photo, random_crop  # noqa: E402
 from lightning_juicer.governor.evidence import ClassHead, class_evidence  # noqa: E402
 from lightning_juicer.governor.loading import load_governor  # noqa: E402
-from lightning_juicer.governor.selection import keep_count, select_topk  # noqa: E402
+from lightning_juicer.selection import keep_count, select_topk  # noqa: E402
 from lightning_juicer.visualize import denormalize, grey_out_dropped  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "clock", "hubble_deep_field", "horse")

@@ -43,7 +43,7 @@ import torch
 from open_clip.loss import ClipLoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_juicer.governor.selection import keep_count, select_topk
+from lightning_juicer.selection import keep_count, select_topk
 from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.optim import param_groups
 from lightning_juicer.models.tower import encode_kept

@@ -20,7 +20,7 @@ from lightning_juicer.evaluation.datasets import KarpathyRetrieval
 from lightning_juicer.evaluation.retrieval import evaluate_retrieval
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
-from lightning_juicer.governor.selection import select_topk
+from lightning_juicer.selection import select_topk
 from lightning_juicer.models.module import JuicerCLIP
 from tests.conftest import QUICKSTART
 

@@ -10,7 +10,7 @@ import torch
 from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.online import GovernorConfig
-from lightning_juicer.governor.selection import resample_scores, select_topk
+from lightning_juicer.selection import resample_scores, select_topk
 
 SPEC = DataSpec(image_size=64, patch_size=8, tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=16))
 

@@ -3,17 +3,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_juicer.governor.selection import (
-    ALL_STRATEGIES,
+from lightning_juicer.errors import ConfigError
+from lightning_juicer.selection import (
     STRATEGIES,
+    build_strategy,
     keep_count,
     resample_scores,
-    select_from_scores,
-    select_patches,
     select_random,
     select_stratified,
     select_topk,
+    shape_only,
 )
+
+
+def select_from_scores(name, scores, keep_ratio, generator=None):
+    """Kept indices and fallback count of the registered strategy ``name`` on scores [B, m]."""
+    return build_strategy(name, "selection")(scores, keep_ratio, generator)
+
+
+def select_patches(name, batch_size, num_patches, keep_ratio, generator=None):
+    """Kept indices of a strategy that needs nothing (refused for the others)."""
+    return build_strategy(name, "selection", ("nothing",))(shape_only(batch_size, num_patches), keep_ratio, generator)[0]
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -32,16 +42,17 @@ def test_keep_count_rounds_and_keeps_at_least_one():
 
 
 def test_data_only_api_is_unchanged():
-    assert STRATEGIES == ("full", "random")
-    assert set(ALL_STRATEGIES) == {"topk", "stratified", "cluster", "random", "full"}
+    assert {name: STRATEGIES.get(name).needs for name in STRATEGIES} == {
+        "full": "nothing", "random": "nothing", "topk": "scores", "stratified": "scores", "mix": "scores",
+        "topk_context": "scores", "cluster": "features"}
     assert select_patches("full", 2, 16, 0.5) is None
     assert select_patches("random", 2, 16, 1.0) is None
     keep = select_patches("random", 4, 16, 0.5, generator=_gen())
     assert keep.shape == (4, 8) and keep.dtype == torch.long and _is_sorted_unique(keep)
     assert torch.equal(keep, select_random(4, 16, 8, _gen()))
-    with pytest.raises(ValueError, match="needs patch scores"):
+    with pytest.raises(ConfigError, match="selection: 'topk' needs the governor's patch scores"):
         select_patches("topk", 2, 16, 0.5)
-    with pytest.raises(ValueError, match="unknown selection strategy 'best'"):
+    with pytest.raises(ConfigError, match="selection: 'best' is not a selection strategy"):
         select_patches("best", 2, 16, 0.5)
 
 
@@ -110,8 +121,8 @@ def test_select_from_scores_dispatches_every_strategy():
     assert bad == 0 and torch.equal(keep, select_random(4, 16, 4, _gen(10)))
     assert select_from_scores("full", scores, 0.5) == (None, 0)
     assert select_from_scores("topk", scores, 1.0) == (None, 0)
-    with pytest.raises(ValueError, match="unknown selection strategy"):
-        select_from_scores("mix", scores, 0.5)
+    with pytest.raises(ConfigError, match="is not a selection strategy"):
+        select_from_scores("best", scores, 0.5)
 
 
 @pytest.mark.parametrize("strategy", ["topk", "stratified"])

@@ -13,7 +13,7 @@ from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.online import GovernorConfig
-from lightning_juicer.governor.selection import resample_scores, select_topk
+from lightning_juicer.selection import resample_scores, select_topk
 from lightning_juicer.io.sidecar import read_sidecar, sidecar_path
 from lightning_juicer.governor.vision_pass import run_vision_pass
 

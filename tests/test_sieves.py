@@ -294,7 +294,7 @@ def test_a_keep_list_for_other_shards_or_keys_is_refused(tiny_synthetic, tmp_pat
 
 def test_cluster_star_keeps_patches_evenly_across_the_governors_patch_clusters():
     from lightning_juicer.governor.online import OnlineSelector
-    from lightning_juicer.governor.selection import patch_kmeans, select_cluster
+    from lightning_juicer.selection import Cluster, patch_kmeans, select_cluster
 
     labels = torch.tensor([[0] * 48 + [1] * 16, [0] * 8 + [1] * 8 + [2] * 48])
     keep = select_cluster(labels, 16, torch.Generator().manual_seed(0))
@@ -308,7 +308,8 @@ def test_cluster_star_keeps_patches_evenly_across_the_governors_patch_clusters()
 
     from lightning_juicer.governor.loading import load_governor
 
-    selector = OnlineSelector(load_governor("juicer-synthetic"), "cluster", 0.5, (8, 8), SPEC.mean, SPEC.std, 4)
+    selector = OnlineSelector(load_governor("juicer-synthetic"), Cluster(num_clusters=4), 0.5, (8, 8), SPEC.mean,
+                              SPEC.std)
     keep, fallbacks = selector(torch.randn(3, 3, 64, 64))
     assert keep.shape == (3, 32) and fallbacks == 0 and torch.equal(keep, keep.sort(dim=1).values)
     with pytest.raises(ConfigError, match="data.init_args.scores"):

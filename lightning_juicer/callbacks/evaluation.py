@@ -40,7 +40,7 @@ from lightning_juicer.evaluation.common import SampleKeep, ScoreKeep, eval_loade
 from lightning_juicer.evaluation.zeroshot import EvalResult
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
-from lightning_juicer.governor.selection import ALL_STRATEGIES, SCORE_STRATEGIES
+from lightning_juicer.selection import SelectionStrategy, build_strategy
 
 RESULTS_FILE = "results.json"
 
@@ -85,7 +85,7 @@ class EvaluationCallback(L.Callback):
     task = ""
 
     def __init__(self, name: str, title: str | None, every_n_steps: int, at_fit_end: bool, batch_size: int,
-                 num_workers: int, keep_ratio: float, selection: str, seed: int,
+                 num_workers: int, keep_ratio: float, selection: str | SelectionStrategy, seed: int,
                  governor: GovernorConfig | None = None) -> None:
         super().__init__()
         if every_n_steps < 0:
@@ -94,8 +94,7 @@ class EvaluationCallback(L.Callback):
             raise ConfigError(f"{self._key('batch_size')}: {batch_size} must be >= 1")
         if not 0.0 < keep_ratio <= 1.0:
             raise ConfigError(f"{self._key('keep_ratio')}: {keep_ratio} is outside (0, 1]")
-        if selection not in ALL_STRATEGIES:
-            raise ConfigError(f"{self._key('selection')}: {selection!r} is not one of {ALL_STRATEGIES}")
+        self.strategy = build_strategy(selection, self._key("selection"))
         self.name = name
         self.title = title or name
         self.every_n_steps = every_n_steps
@@ -147,7 +146,7 @@ class EvaluationCallback(L.Callback):
             return
         self.spec = pl_module.data_spec()
         self.dataset = self.build_dataset(trainer, self.spec.image_transform())
-        if self.selection in SCORE_STRATEGIES and self.keep_ratio < 1.0 and self.selector is None:
+        if self.strategy.needs != "nothing" and not self.strategy.keeps_all(self.keep_ratio) and self.selector is None:
             self.selector = self._score_selector(trainer)
 
     def _score_selector(self, trainer: L.Trainer) -> OnlineSelector:
@@ -161,7 +160,7 @@ class EvaluationCallback(L.Callback):
             scorer = load_governor(governor.name, governor.pretrained)
         self.governor = governor
         spec = self.spec
-        return OnlineSelector(scorer, self.selection, self.keep_ratio, spec.grid, spec.mean, spec.std)
+        return OnlineSelector(scorer, self.strategy, self.keep_ratio, spec.grid, spec.mean, spec.std)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> EvalResult:
         """Evaluate now on every rank (model in eval mode, no grad, modes restored); the same result on all ranks."""
@@ -169,9 +168,9 @@ class EvaluationCallback(L.Callback):
         loader = eval_loader(self.dataset, self.spec.image_size, self.batch_size, self.num_workers,
                              trainer.global_rank, trainer.world_size)
         if self.selector is not None:
-            keep = ScoreKeep(self.selector, self.spec.num_patches, self.seed)
+            keep = ScoreKeep(self.selector.to(pl_module.device), self.spec.num_patches, self.seed)
         else:
-            keep = SampleKeep(self.selection, self.spec.num_patches, self.keep_ratio, self.seed)
+            keep = SampleKeep(self.strategy, self.spec.num_patches, self.keep_ratio, self.seed)
         with eval_mode(pl_module):
             result = self.evaluate(pl_module, loader, keep, trainer)
         if self.selector is not None:
@@ -222,8 +221,8 @@ class EvaluationCallback(L.Callback):
         common = {
             "dataset": self.name, "task": self.task, "step": self.step(trainer), "epoch": trainer.current_epoch,
             "stage": stage, "checkpoint": str(checkpoint) if checkpoint else None, "keep_ratio": self.keep_ratio,
-            "selection": self.selection if self.keep_ratio < 1.0 else "full", "num_samples": result.num_samples,
-            "skipped": result.skipped, **result.extra,
+            "selection": "full" if self.strategy.keeps_all(self.keep_ratio) else self.strategy.name,
+            "num_samples": result.num_samples, "skipped": result.skipped, **result.extra,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return [{"metric": k, "name": names.get(k, k), "value": v, **common} for k, v in result.metrics.items()]

@@ -13,6 +13,7 @@ from lightning_juicer.evaluation.datasets import KarpathyRetrieval, WebDatasetEv
 from lightning_juicer.evaluation.retrieval import evaluate_retrieval
 from lightning_juicer.evaluation.zeroshot import EvalResult
 from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.selection import SelectionStrategy
 
 
 class RetrievalEvaluation(EvaluationCallback):
@@ -36,7 +37,7 @@ class RetrievalEvaluation(EvaluationCallback):
     def __init__(self, name: str = "retrieval", root: str | None = None, annotations: str | None = None,
                  split: str = "test", captions_per_image: int | None = 5, title: str | None = None,
                  every_n_steps: int = 0, at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2,
-                 keep_ratio: float = 1.0, selection: str = "random", seed: int = 0, chunk_size: int = 1024,
+                 keep_ratio: float = 1.0, selection: str | SelectionStrategy = "random", seed: int = 0, chunk_size: int = 1024,
                  governor: GovernorConfig | None = None) -> None:
         super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
                          seed, governor)

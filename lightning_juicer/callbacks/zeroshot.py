@@ -19,6 +19,7 @@ from lightning_juicer.evaluation.datasets import (
 from lightning_juicer.evaluation.zeroshot import EvalResult, evaluate_zeroshot, resolve_templates
 from lightning_juicer.governor.online import GovernorConfig
 from lightning_juicer.io.classnames import read_classnames
+from lightning_juicer.selection import SelectionStrategy
 
 
 class ZeroShotEvaluation(EvaluationCallback):
@@ -38,10 +39,11 @@ class ZeroShotEvaluation(EvaluationCallback):
         batch_size: images per forward on each rank.
         num_workers: DataLoader workers per rank.
         keep_ratio: fraction of patches the image tower sees (1.0 = full images; the paper's Table 4 below).
-        selection: patch selection below keep ratio 1: ``topk`` / ``stratified`` (the governor's scores, on the
-            fly), ``random`` (seeded per image) or ``full``.
-        seed: seed of the per-image patch selection (random, stratified).
-        governor: the frozen governor scoring patches for ``topk`` / ``stratified``; None = the DataModule's
+        selection: patch selection below keep ratio 1 (``lightning_juicer.selection``, a name or a class_path
+            instance): ``topk`` / ``stratified`` / ``mix`` / ``topk_context`` / ``cluster`` (the governor's scores or
+            patch tokens, on the fly), ``random`` (seeded per image) or ``full``.
+        seed: seed of the per-image patch selection (every strategy but topk and full).
+        governor: the frozen governor for the strategies that need it; None = the DataModule's
             (sharing its loaded model when it scores on the fly), else ``juicer-synthetic``.
     """
 
@@ -50,7 +52,7 @@ class ZeroShotEvaluation(EvaluationCallback):
     def __init__(self, name: str = "zeroshot", root: str | None = None, classnames: str | None = None,
                  templates: str | list[str] = "openai", title: str | None = None, every_n_steps: int = 0,
                  at_fit_end: bool = True, batch_size: int = 64, num_workers: int = 2, keep_ratio: float = 1.0,
-                 selection: str = "random", seed: int = 0, governor: GovernorConfig | None = None) -> None:
+                 selection: str | SelectionStrategy = "random", seed: int = 0, governor: GovernorConfig | None = None) -> None:
         super().__init__(name, title, every_n_steps, at_fit_end, batch_size, num_workers, keep_ratio, selection,
                          seed, governor)
         self.root = root

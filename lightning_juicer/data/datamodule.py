@@ -20,7 +20,7 @@ from lightning_juicer.errors import ConfigError, rekeyed
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.io.sidecar import check_sidecars, sidecar_path
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
-from lightning_juicer.governor.selection import ALL_STRATEGIES, FEATURE_STRATEGIES, GOVERNOR_STRATEGIES, SCORE_STRATEGIES
+from lightning_juicer.selection import SelectionStrategy, build_strategy
 from lightning_juicer.io.keeplist import KeepFilter, check_keep_list, read_keep_list
 
 SCORE_SOURCES = ("on_the_fly", "sidecar")
@@ -45,11 +45,13 @@ class JuicerDataModule(L.LightningDataModule):
             once when the sizes allow, see ``data/pipeline.py``) or ``resampled`` (shards drawn with
             replacement, as open_clip's ``--dataset-resampled``; no coverage guarantee).
         shuffle_buffer: samples in the in-worker shuffle buffer (0 disables shuffling).
-        selection: patch selection strategy for training: ``topk`` (the paper's), ``stratified``,
-            ``random`` (Random*) or ``full``.
+        selection: patch selection strategy for training (``lightning_juicer.selection``): a registered name
+            (``topk``, the paper's; ``stratified``, ``mix``, ``topk_context``, ``cluster`` (Cluster*), ``random``
+            (Random*), ``full``) or a ``class_path``/``init_args`` instance with its settings.
         keep_ratio: fraction r of patches kept per image, in (0, 1].
-        scores: where ``topk`` / ``stratified`` get patch scores: ``on_the_fly`` (the frozen governor
-            scores each batch on the accelerator after transfer) or ``sidecar`` (precomputed).
+        scores: where a strategy that needs scores gets them: ``on_the_fly`` (the frozen governor
+            scores each batch on the accelerator after transfer) or ``sidecar`` (precomputed; not for
+            strategies that need patch features).
         governor: the frozen governor for on-the-fly scoring (and the one sidecars must come from).
         sidecar_dir: folder of the ``<shard>.juice.parquet`` sidecars (default: next to each shard).
         missing_sidecar: a sample with no sidecar entry gets ``random`` patches or is skipped
@@ -76,7 +78,7 @@ class JuicerDataModule(L.LightningDataModule):
         num_workers: int = 2,
         sampling: str = "disjoint",
         shuffle_buffer: int = 1000,
-        selection: str = "random",
+        selection: str | SelectionStrategy = "random",
         keep_ratio: float = 0.5,
         scores: str = "on_the_fly",
         governor: GovernorConfig | None = None,
@@ -93,14 +95,13 @@ class JuicerDataModule(L.LightningDataModule):
         for name, ratio in (("keep_ratio", keep_ratio), ("eval_keep_ratio", eval_keep_ratio)):
             if not 0.0 < ratio <= 1.0:
                 raise ConfigError(f"data.init_args.{name}: {ratio} is outside (0, 1]")
-        if selection not in ALL_STRATEGIES:
-            raise ConfigError(f"data.init_args.selection: {selection!r} is not one of {ALL_STRATEGIES}")
+        self.strategy = build_strategy(selection, "data.init_args.selection")
         if scores not in SCORE_SOURCES:
             raise ConfigError(f"data.init_args.scores: {scores!r} is not one of {SCORE_SOURCES}")
-        if selection in FEATURE_STRATEGIES and scores == "sidecar":
+        if self.strategy.needs == "features" and scores == "sidecar":
             raise ConfigError(
-                f"data.init_args.scores: selection {selection!r} clusters the governor's patch features, which "
-                "sidecars do not store; set data.init_args.scores on_the_fly"
+                f"data.init_args.scores: selection {self.strategy.name!r} needs the governor's patch features, "
+                "which sidecars do not store; set data.init_args.scores on_the_fly"
             )
         if missing_sidecar not in MISSING_SIDECAR_POLICIES:
             raise ConfigError(
@@ -188,10 +189,9 @@ class JuicerDataModule(L.LightningDataModule):
                 scorer = load_governor(self.governor.name, self.governor.pretrained)
             except ConfigError as e:
                 raise rekeyed(e, "governor.", "data.init_args.governor.") from e
-            self.online_selector = OnlineSelector(
-                scorer, self.selection, self.keep_ratio, spec.grid, spec.mean, spec.std, self.governor.num_clusters
-            )
-            log.info("on-the-fly %s selection at r=%s with governor %s", self.selection, self.keep_ratio, self.governor.name)
+            self.online_selector = OnlineSelector(scorer, self.strategy, self.keep_ratio, spec.grid, spec.mean,
+                                                  spec.std)
+            log.info("on-the-fly %s selection at r=%s with governor %s", self.strategy, self.keep_ratio, self.governor.name)
 
         if self.selects_from_sidecars or self.captions != "original":
             self._check_sidecars()
@@ -219,12 +219,14 @@ class JuicerDataModule(L.LightningDataModule):
     @property
     def selects_from_sidecars(self) -> bool:
         """True when training batches select patches from precomputed sidecar scores."""
-        return self.selection in SCORE_STRATEGIES and self.scores == "sidecar" and self.keep_ratio < 1.0
+        return (self.strategy.needs == "scores" and self.scores == "sidecar"
+                and not self.strategy.keeps_all(self.keep_ratio))
 
     @property
     def selects_on_the_fly(self) -> bool:
         """True when the governor scores training batches on the device after transfer."""
-        return self.selection in GOVERNOR_STRATEGIES and self.scores == "on_the_fly" and self.keep_ratio < 1.0
+        return (self.strategy.needs != "nothing" and self.scores == "on_the_fly"
+                and not self.strategy.keeps_all(self.keep_ratio))
 
     def _loader(self, urls: list[str], num_samples: int, selection: str, keep_ratio: float, key: str, train: bool):
         from_sidecars = train and self.selects_from_sidecars
@@ -268,7 +270,7 @@ class JuicerDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         """Training stream at the configured selection strategy and keep ratio."""
-        selection = "full" if self.selects_on_the_fly else self.selection  # the keep is filled after transfer
+        selection = "full" if self.selects_on_the_fly else self.strategy  # the keep is filled after transfer
         return self._loader(
             self.train_urls, self.train_num_samples, selection, self.keep_ratio, "data.init_args.train_shards", True
         )
@@ -299,7 +301,8 @@ class JuicerDataModule(L.LightningDataModule):
         if training and self.in_full_patch_phase:
             batch["keep"] = None
         elif self.online_selector is not None and training:
-            batch["keep"], fallbacks = self.online_selector(batch["image"])
+            # Interim placement (the selector no longer moves itself): h-model's redesign lets Lightning place it.
+            batch["keep"], fallbacks = self.online_selector.to(batch["image"].device)(batch["image"])
             if torch.is_tensor(fallbacks):  # counted on the device; read by settle_counts (no sync per step)
                 self._device_fallbacks = fallbacks if self._device_fallbacks is None else self._device_fallbacks + fallbacks
             elif fallbacks:

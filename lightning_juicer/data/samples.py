@@ -10,7 +10,7 @@ import torch
 from lightning_juicer.io.decode import WIDE_MODES, DraftedDecoder, load_rgb, to_8bit  # noqa: F401 (re-exported)
 from lightning_juicer.io.tars import CAPTION_EXTS, IMAGE_EXTS
 from lightning_juicer.data.drops import DropCounter
-from lightning_juicer.governor.selection import SCORE_STRATEGIES, resample_scores, select_from_scores, select_patches
+from lightning_juicer.selection import SelectionStrategy, build_strategy, resample_scores, shape_only
 
 CAPTION_SOURCES = ("original", "juiced", "mix")
 
@@ -88,21 +88,22 @@ class SampleDecoder:
 class BatchCollator:
     """List of decoded samples -> the batch contract ``{image, keep, text, key}``.
 
-    Score strategies (``topk``, ``stratified``) select from the samples' sidecar scores, resampled
-    from the governor's grid onto the student's; samples without scores (or with non-finite ones)
-    get random patches, counted.
+    A strategy that needs scores (``topk``, ``stratified``, ``mix``, ...) selects from the samples'
+    sidecar scores, resampled from the governor's grid onto the student's; samples without scores (or
+    with non-finite ones) get random patches, counted. Feature strategies are refused (sidecars do not
+    store patch features).
     """
 
     def __init__(
         self,
         tokenizer: Callable,
-        selection: str,
+        selection: str | SelectionStrategy,
         keep_ratio: float,
         grid: tuple[int, int],
         drops: DropCounter | None = None,
     ) -> None:
         self.tokenizer = tokenizer
-        self.selection = selection
+        self.strategy = build_strategy(selection, "data.init_args.selection", ("nothing", "scores"), "sidecars")
         self.keep_ratio = keep_ratio
         self.grid = tuple(grid)
         self.drops = drops
@@ -110,8 +111,10 @@ class BatchCollator:
     def select(self, samples: list[dict]) -> torch.Tensor | None:
         """Kept patch indices for the batch (None = all)."""
         num_patches = self.grid[0] * self.grid[1]
-        if self.selection not in SCORE_STRATEGIES:
-            return select_patches(self.selection, len(samples), num_patches, self.keep_ratio)
+        if self.strategy.keeps_all(self.keep_ratio):
+            return None
+        if self.strategy.needs == "nothing":
+            return self.strategy(shape_only(len(samples), num_patches), self.keep_ratio)[0]
         present = [s["scores"] for s in samples if s.get("scores") is not None]
         source_grid = present[0][1] if present else self.grid
         source = torch.full((len(samples), source_grid[0] * source_grid[1]), float("nan"))
@@ -119,8 +122,8 @@ class BatchCollator:
             if sample.get("scores") is not None:
                 source[i] = torch.from_numpy(sample["scores"][0].astype("float32"))
         scores = resample_scores(source, source_grid, self.grid)
-        keep, fallbacks = select_from_scores(self.selection, scores, self.keep_ratio)
-        nonfinite = fallbacks - (len(samples) - len(present))
+        keep, fallbacks = self.strategy(scores, self.keep_ratio)
+        nonfinite = int(fallbacks) - (len(samples) - len(present))
         if nonfinite and self.drops is not None:
             self.drops.drop("nonfinite_scores", samples[0]["key"], f"{nonfinite} sample(s) in this batch", count=nonfinite)
         return keep

@@ -14,7 +14,7 @@ from typing import Callable, ContextManager, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from lightning_juicer.governor.selection import select_from_scores, select_patches
+from lightning_juicer.selection import SelectionStrategy, build_strategy, shape_only
 
 AllGather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -66,43 +66,50 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
 
 
 class SampleKeep:
-    """Kept patches for an eval batch at ``keep_ratio`` (``full`` / ``random``), seeded per sample index."""
+    """Kept patches for an eval batch at ``keep_ratio`` by a strategy that needs nothing (``full`` / ``random``),
+    seeded per sample index."""
 
-    def __init__(self, selection: str, num_patches: int, keep_ratio: float, seed: int = 0) -> None:
-        self.selection, self.num_patches, self.keep_ratio, self.seed = selection, num_patches, keep_ratio, seed
+    def __init__(self, selection: str | SelectionStrategy, num_patches: int, keep_ratio: float, seed: int = 0,
+                 provided: tuple[str, ...] = ("nothing",)) -> None:
+        self.strategy = build_strategy(selection, "selection", provided, "evaluation without a governor")
+        self.num_patches, self.keep_ratio, self.seed = num_patches, keep_ratio, seed
         self.fallbacks = 0
 
     def __call__(self, index: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor | None:
-        if self.selection == "full" or self.keep_ratio >= 1.0:
+        if self.strategy.keeps_all(self.keep_ratio):
             return None
-        rows = [select_patches(self.selection, 1, self.num_patches, self.keep_ratio, sample_generator(self.seed, i))
-                for i in index.tolist()]
-        return torch.cat(rows)
+        return self.seeded(index, shape_only(len(index), self.num_patches))
 
-
-class ScoreKeep(SampleKeep):
-    """Kept patches for an eval batch from a governor's scores (``topk``, or ``stratified`` seeded per sample).
-
-    ``selector`` is an ``OnlineSelector`` (governor.online); the images are the normalised eval images
-    on the device. Samples whose scores are not finite fall back to random patches, counted in ``fallbacks``.
-    """
-
-    def __init__(self, selector, num_patches: int, seed: int = 0) -> None:
-        super().__init__(selector.strategy, num_patches, selector.keep_ratio, seed)
-        self.selector = selector
-
-    def __call__(self, index: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor | None:
-        if self.keep_ratio >= 1.0:
-            return None
-        scores = self.selector.scores(image)
-        if self.selection == "topk":
-            keep, bad = select_from_scores("topk", scores, self.keep_ratio)
+    def seeded(self, index: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Selection from ``inputs`` [B, m, ...]: per sample with its own generator (batch- and shard-independent),
+        or for the whole batch at once when the strategy draws no random numbers. Counts random fallbacks."""
+        if not self.strategy.stochastic:
+            keep, bad = self.strategy(inputs, self.keep_ratio)
         else:
-            picks = [select_from_scores(self.selection, row[None], self.keep_ratio, sample_generator(self.seed, i))
-                     for i, row in zip(index.tolist(), scores)]
+            picks = [self.strategy(row[None], self.keep_ratio, sample_generator(self.seed, i))
+                     for i, row in zip(index.tolist(), inputs)]
             keep, bad = torch.cat([k for k, _ in picks]), sum(b for _, b in picks)
         self.fallbacks += bad
         return keep
+
+
+class ScoreKeep(SampleKeep):
+    """Kept patches for an eval batch from the governor: a strategy that needs scores (``topk``, ``stratified``,
+    ``mix``, ...) or patch features (``cluster``), each sample seeded by its index unless the strategy is
+    deterministic (``topk``: the whole batch at once).
+
+    ``selector`` is an ``OnlineSelector`` (governor.online) placed on the images' device; the images are the
+    normalised eval images. Samples whose scores are not finite fall back to random patches, counted in ``fallbacks``.
+    """
+
+    def __init__(self, selector, num_patches: int, seed: int = 0) -> None:
+        super().__init__(selector.strategy, num_patches, selector.keep_ratio, seed, ("nothing", "scores", "features"))
+        self.selector = selector
+
+    def __call__(self, index: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor | None:
+        if self.strategy.keeps_all(self.keep_ratio):
+            return None
+        return self.seeded(index, self.selector.inputs(image))
 
 
 @contextlib.contextmanager

@@ -1,5 +1,2 @@
-"""Data governance: which image patches to keep (selection) and, later, how they are scored."""
-
-from lightning_juicer.governor.selection import STRATEGIES, keep_count, select_patches
-
-__all__ = ["STRATEGIES", "keep_count", "select_patches"]
+"""Data governance (layer 5): patch scoring (Eq. 2), class evidence, governor loading / import / head fit /
+training, quality, and the on-the-fly selector. The selection strategies are ``lightning_juicer.selection``."""

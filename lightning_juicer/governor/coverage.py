@@ -25,7 +25,7 @@ from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.io.writers import decode_mask
 from lightning_juicer.governor.quality import OBJECT_PATCH_THRESHOLD, to_tensor
 from lightning_juicer.governor.scoring import PatchScorer
-from lightning_juicer.governor.selection import keep_count, select_random, select_topk
+from lightning_juicer.selection import keep_count, select_random, select_topk
 
 
 def read_samples(shards: str, limit: int | None = None) -> Iterator[tuple[str, Image.Image, dict]]:

@@ -5,15 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from lightning_juicer.governor.scoring import PatchScorer
-from lightning_juicer.governor.selection import (
-    keep_count,
-    patch_kmeans,
-    resample_scores,
-    select_cluster,
-    select_from_scores,
-)
+from lightning_juicer.governor.scoring import PatchScorer, ScoreOutput
+from lightning_juicer.selection import SelectionStrategy, build_strategy, resample_features, resample_scores, shape_only
 
 
 @dataclass
@@ -22,57 +17,60 @@ class GovernorConfig:
 
     name: str = "juicer-synthetic"
     pretrained: bool | str = True
-    num_clusters: int = 4  # selection=cluster (Cluster*): k-means clusters of each image's patch features
 
 
-class OnlineSelector:
-    """Scores normalised student images with the governor and returns kept indices on the student grid."""
+class OnlineSelector(nn.Module):
+    """The governor (a submodule) and a selection strategy: normalised student images -> kept patches (student grid).
+
+    It never moves or casts itself: whoever holds it places it (Lightning, as a submodule of the
+    LightningModule; or the caller's ``.to``), and the trainer's precision applies (autocast from the
+    caller's context; under a ``*-true`` precision the images take the governor's parameter dtype).
+    ``strategy`` is a registered name or a ``SelectionStrategy`` (one that needs nothing skips the governor).
+    """
 
     def __init__(
         self,
         scorer: PatchScorer,
-        strategy: str,
+        strategy: str | SelectionStrategy,
         keep_ratio: float,
         student_grid: tuple[int, int],
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        num_clusters: int = 4,
     ) -> None:
+        super().__init__()
         self.scorer = scorer
-        self.strategy = strategy
+        self.strategy = build_strategy(strategy, "selection")
         self.keep_ratio = keep_ratio
         self.student_grid = tuple(student_grid)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.num_clusters = num_clusters
 
     @torch.no_grad()
-    def _governor_output(self, images: torch.Tensor):
-        if next(self.scorer.parameters()).device != images.device:
-            self.scorer.to(images.device)
-        on_gpu = images.device.type == "cuda"
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=on_gpu):
-            return self.scorer(self.scorer.prepare(images.float(), self.mean, self.std))
+    def governor_output(self, images: torch.Tensor) -> ScoreOutput:
+        """The governor's output (scores, CLS, grid, patch tokens) for normalised student images."""
+        dtype = next(self.scorer.parameters()).dtype
+        return self.scorer(self.scorer.prepare(images.float(), self.mean, self.std).to(dtype))
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """The governor's patch scores [B, m] of normalised student images, on the student grid (float32)."""
-        output = self._governor_output(images)
+        output = self.governor_output(images)
         return resample_scores(output.scores.float(), output.grid, self.student_grid)
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor | None, int]:
-        """Kept indices [B, k] (sorted, grid order) and the number of samples that fell back to random."""
-        if self.strategy == "cluster":
-            output = self._governor_output(images)
-            return self.cluster(output.patches.float(), output.grid), 0
-        return select_from_scores(self.strategy, self.scores(images), self.keep_ratio)
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """What the strategy selects from, on the student grid: scores [B, m] or patch features [B, m, W] (float32)."""
+        if self.strategy.needs == "nothing":
+            return shape_only(images.shape[0], self.student_grid[0] * self.student_grid[1], images.device)
+        if self.strategy.needs == "scores":
+            return self.scores(images)
+        output = self.governor_output(images)
+        return resample_features(output.patches.float(), output.grid, self.student_grid)
 
-    def cluster(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
-        """Cluster*: patch features [B, m, W] resampled onto the student grid, clustered, kept evenly per cluster."""
-        batch, m, width = patches.shape
-        num_patches = self.student_grid[0] * self.student_grid[1]
-        if self.keep_ratio >= 1.0:
-            return None
-        planes = resample_scores(patches.transpose(1, 2).reshape(batch * width, m), grid, self.student_grid)
-        features = planes.reshape(batch, width, num_patches).transpose(1, 2)
-        labels = patch_kmeans(features, self.num_clusters)
-        return select_cluster(labels, keep_count(num_patches, self.keep_ratio))
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | int]:
+        """Kept indices [B, k] (sorted, grid order; None = all) and how many samples fell back to random patches.
+
+        For score strategies the count is a 0-dim tensor on the device (no host sync; the caller reads it when it
+        chooses), else 0.
+        """
+        if self.strategy.keeps_all(self.keep_ratio):
+            return None, 0
+        return self.strategy(self.inputs(images), self.keep_ratio)

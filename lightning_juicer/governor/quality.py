@@ -31,7 +31,7 @@ import torch
 from lightning_juicer.synthetic import SHAPE_CLASSES, render_scene
 from lightning_juicer.governor.evidence import ClassHead, class_evidence
 from lightning_juicer.governor.scoring import PatchScorer
-from lightning_juicer.governor.selection import keep_count, select_random, select_topk
+from lightning_juicer.selection import keep_count, select_random, select_topk
 
 OBJECT_PATCH_THRESHOLD = 0.25
 TRAIN_STREAM = 7_301
