@@ -149,7 +149,7 @@ def test_every_user_refuses_misuse_with_its_key(tiny_synthetic):
         BatchCollator(SPEC.tokenizer, "cluster", 0.5, SPEC.grid)
     with pytest.raises(ConfigError, match=r"^selection: 'topk' needs the governor's patch scores, which evaluation"):
         SampleKeep("topk", 64, 0.5)
-    from lightning_juicer.callbacks.evaluation import RetrievalEvaluation, ZeroShotEvaluation
+    from lightning_juicer.callbacks import RetrievalEvaluation, ZeroShotEvaluation
 
     key = r"^trainer.callbacks\[ZeroShotEvaluation\].init_args"
     with pytest.raises(ConfigError, match=key + r".selection: 'best' is not a selection strategy"):
@@ -275,7 +275,7 @@ def test_zero_shot_evaluation_with_cluster_runs_through_validate(tiny_synthetic,
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from lightning_juicer.callbacks.evaluation import ZeroShotEvaluation
+    from lightning_juicer.callbacks import ZeroShotEvaluation
     from lightning_juicer.models import JuicerCLIP
 
     torch.manual_seed(0)
@@ -299,7 +299,7 @@ def test_zero_shot_evaluation_with_cluster_runs_through_validate(tiny_synthetic,
 
 
 def test_configs_name_a_strategy_or_give_its_class_path_and_settings(tmp_path):
-    from lightning_juicer.callbacks.evaluation import ZeroShotEvaluation
+    from lightning_juicer.callbacks import ZeroShotEvaluation
     from lightning_juicer.cli import main
     from tests.conftest import QUICKSTART
 
