@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 EXIT_USER_ERROR = 2
 
-import re
 
 
 class ConfigError(ValueError):
