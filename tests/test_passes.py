@@ -25,11 +25,12 @@ import yaml
 from lightning_juicer import cli
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.decode import DraftedDecoder
-from lightning_juicer.io.sidecar import atomic_write
+from lightning_juicer.io.atomic import atomic_write
 from lightning_juicer.passes import embeddings, vision
 from lightning_juicer.passes.base import OpenShard, ShardPass
 from lightning_juicer.passes.config import PassSettings, to_settings
-from lightning_juicer.passes.reader import ShardBatches, ShardJob, crop_transform
+from lightning_juicer.io.transforms import crop_transform
+from lightning_juicer.passes.reader import ShardBatches, ShardJob
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
