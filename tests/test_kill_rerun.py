@@ -77,7 +77,7 @@ def test_killed_text_pass_reruns_to_identical_sidecars(tiny_synthetic, vision_si
 
     def command(folder: Path) -> list[str]:
         return ["preprocess/text_pass.py", "--config", "configs/preprocess/text.yaml",
-                f"shards={tiny_synthetic.train_shards}", f"sidecar_dir={folder}", "backend.name=rules",
+                f"shards={tiny_synthetic.train_shards}", f"sidecar_dir={folder}", "backend=rules",
                 "batch_size=16", "num_workers=0", "accelerator=cpu", "devices=1", "progress=false"]
 
     def has_captions(sidecar: Path) -> bool:

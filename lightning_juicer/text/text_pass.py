@@ -26,7 +26,6 @@ else the vision sidecars' ``head.classnames`` setting, else every class the shar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -58,22 +57,14 @@ from lightning_juicer.governor.vision_pass import (
     SidecarWriter,
     shard_sizes,
 )
-from lightning_juicer.text.backends import Backend, BackendConfig, build_backend
+from lightning_juicer.text.backends import BACKENDS, BackendContext, TextBackend
 from lightning_juicer.text.prompts import PromptConfig, Request
-from lightning_juicer.text.rules import Vocabulary
-from lightning_juicer.text.shard_captions import (  # noqa: F401  (SKIP_REASONS, shard_captions: re-exported)
-    SKIP_REASONS,
-    CaptionBatches,
-    TextJob,
-    corpus_vocabulary,
-    shard_captions,
-)
+from lightning_juicer.text.shard_captions import CaptionBatches, TextJob
 from lightning_juicer.text.validation import ValidationConfig, Validator, evidence_woven
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "text_pass.manifest.json"
-VOCAB_NAME = "text_vocab.json"
 
 
 @dataclass
@@ -85,7 +76,7 @@ class TextPassConfig:
     output_dir: str | None = None
     manifest: str | None = None
     on_mismatch: str = "error"
-    backend: BackendConfig = field(default_factory=BackendConfig)
+    backend: Any = "transformers"  # a registered name or {class_path: ..., init_args: {...}}
     prompts: PromptConfig = field(default_factory=PromptConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     threshold: float | None = None
@@ -133,23 +124,21 @@ def plan_shards(cfg: TextPassConfig) -> list[TextJob]:
     return jobs
 
 
-def load_vocabulary(cfg: TextPassConfig, jobs: list[TextJob]) -> tuple[Vocabulary, str]:
-    """The rules backend's vocabulary and its id: the ``vocab`` file, or counted on the corpus and cached."""
-    rules = cfg.backend.rules
-    if rules.vocab:
-        if not Path(rules.vocab).is_file():
-            raise ConfigError(f"backend.rules.vocab: {rules.vocab} not found")
-        path = Path(rules.vocab)
-    else:
-        path = jobs[0].sidecar.parent / VOCAB_NAME
-        if not path.is_file():
-            corpus_vocabulary([job.url for job in jobs[: max(1, rules.vocab_shards)]]).save(path)
-    vocab = Vocabulary.load(path)
-    digest = hashlib.sha1(json.dumps(sorted(vocab.counts.items())).encode()).hexdigest()[:12]
-    return vocab, f"{path.name}:{digest}"
+def build_backend(spec: Any) -> TextBackend:
+    """The configured backend: a registered name (default settings) or ``{class_path, init_args}`` (jsonargparse)."""
+    if isinstance(spec, Mapping):
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--backend", type=TextBackend)
+        try:
+            spec = parser.instantiate_classes(parser.parse_object({"backend": dict(spec)})).backend
+        except Exception as e:  # jsonargparse's nested report, as one line
+            raise ConfigError(f"backend: {' '.join(str(e).split())[:400]}") from e
+    return BACKENDS.build(spec, "backend")
 
 
-def text_settings(cfg: TextPassConfig, backend: Backend) -> dict[str, Any]:
+def text_settings(cfg: TextPassConfig, backend: TextBackend) -> dict[str, Any]:
     """What changes the stored captions: backend and its settings, validation and the evidence filter."""
     return {"backend": backend.name, "backend_settings": backend.settings, "validation": asdict(cfg.validation),
             "threshold": cfg.threshold, "max_classes": cfg.max_classes}
@@ -201,7 +190,7 @@ class TextShardData(ShardData):
 class TextPredictor(L.LightningModule):
     """Sends a batch's usable captions to the backend and validates every output."""
 
-    def __init__(self, backend: Backend, validator: Validator) -> None:
+    def __init__(self, backend: TextBackend, validator: Validator) -> None:
         super().__init__()
         self.backend = backend
         self.validator = validator
@@ -307,7 +296,7 @@ def manifest_path(cfg: TextPassConfig, jobs: list[TextJob]) -> Path:
     return Path(cfg.manifest) if cfg.manifest else jobs[0].sidecar.parent / MANIFEST_NAME
 
 
-def run_text_pass(cfg: TextPassConfig | DictConfig | Mapping[str, Any], backend: Backend | None = None,
+def run_text_pass(cfg: TextPassConfig | DictConfig | Mapping[str, Any], backend: TextBackend | None = None,
                   **trainer_kwargs: Any) -> dict | None:
     """Run the pass (with ``backend`` instead of the configured one, if given); the merged manifest on rank 0."""
     cfg = to_config(cfg)
@@ -316,7 +305,8 @@ def run_text_pass(cfg: TextPassConfig | DictConfig | Mapping[str, Any], backend:
     check_outputs([job.sidecar for job in jobs], "output_dir" if cfg.output_dir else "sidecar_dir",
                   manifest_path(cfg, jobs))
     if backend is None:
-        backend = build_backend(cfg.backend, cfg.prompts, lambda: load_vocabulary(cfg, jobs))
+        backend = build_backend(cfg.backend)
+    backend.setup(BackendContext(cfg.prompts, [job.url for job in jobs], jobs[0].sidecar.parent))
     settings = text_settings(cfg, backend)
     if cfg.on_mismatch == "error":
         for job in jobs:
