@@ -24,7 +24,7 @@ import torch
 from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.governor.online import GovernorConfig
-from lightning_juicer.governor.vision_pass import run_vision_pass
+from lightning_juicer.passes.vision import run_vision_pass
 
 
 def samples_per_second(dm: JuicerDataModule, device: str, batches: int) -> float:

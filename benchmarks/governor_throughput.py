@@ -21,7 +21,7 @@ import torch
 
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.governor.loading import load_governor
-from lightning_juicer.governor.vision_pass import run_vision_pass
+from lightning_juicer.passes.vision import run_vision_pass
 
 
 def governor_forward_rate(name: str, batch_size: int, device: str, steps: int = 5) -> float:

@@ -125,7 +125,7 @@ def decode_check(images: list[bytes]) -> dict:
 
 @section("pass")
 def pass_check(shards: list[str], tmp: Path, workers: int) -> dict:
-    from lightning_juicer.governor.vision_pass import run_vision_pass
+    from lightning_juicer.passes.vision import run_vision_pass
 
     manifest = run_vision_pass({"shards": shards, "sidecar_dir": str(tmp / "side"),
                                 "governor": {"name": "vit_small_patch16_224.dino", "pretrained": False},

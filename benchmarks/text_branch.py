@@ -34,7 +34,7 @@ import webdataset as wds
 from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.data.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.io.sidecar import read_sidecar, sidecar_path
-from lightning_juicer.governor.vision_pass import run_vision_pass
+from lightning_juicer.passes.vision import run_vision_pass
 from lightning_juicer.text.backends import BackendContext, RulesBackend, TransformersBackend
 from lightning_juicer.text.measure import Rewrite, run_rewrites, summarise
 from lightning_juicer.text.prompts import PromptConfig, Request

@@ -1,7 +1,14 @@
-"""``python -m lightning_juicer fit|validate|test --config X.yaml`` (LightningCLI) and ``export``, with one-line config errors."""
+"""``python -m lightning_juicer <command>``: fit|validate|test|predict (LightningCLI), export, and the passes.
+
+The passes and the sieve are a table of lazy ``"module:function"`` entries (``COMMANDS``), each a
+``main(argv: list[str])`` with its own jsonargparse parser (``--config``, ``--print_config``,
+``--help``); a new command is one entry here. Every command runs inside ``exit_on_user_error``:
+bad configuration exits with status 2 and one line naming the key to fix.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -19,6 +26,14 @@ from lightning_juicer.outputs import check_writable
 from lightning_juicer.resume import continue_last_version
 from lightning_juicer.safe_load import check_lightning_checkpoint
 from lightning_juicer.usage import OneLineArgumentParser, OneLineParser
+
+# Commands outside LightningCLI: name -> "module:function" taking the remaining arguments.
+COMMANDS = {
+    "vision": "lightning_juicer.passes.vision:main",
+    "text": "lightning_juicer.passes.text:main",
+    "embeddings": "lightning_juicer.passes.embeddings:main",
+    "sieve": "lightning_juicer.sieves.command:main",
+}
 
 # ``--ckpt_path`` values Lightning resolves itself (the file is checked once resolved, where we can).
 _CKPT_ALIASES = ("last", "best", "hpc")
@@ -89,9 +104,17 @@ def check_output_folders(trainer: Any) -> None:
             check_writable(callback.dirpath, "trainer.callbacks[ModelCheckpoint].init_args.dirpath")
 
 
+def command(name: str) -> Any:
+    """The ``main`` function of a command in ``COMMANDS`` (imported on first use)."""
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def dispatch(args: list[str] | None, run: bool) -> Any:
-    """The ``export`` subcommand, or LightningCLI for fit / validate / test / predict (``args`` None: sys.argv)."""
+    """A ``COMMANDS`` entry, ``export``, or LightningCLI for fit / validate / test / predict (``args`` None: sys.argv)."""
     argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in COMMANDS:
+        return command(argv[0])(list(argv[1:]))
     if argv and argv[0] == "export":
         prog = f"{os.path.basename(sys.argv[0])} export"
         return CLI(export_checkpoint, args=argv[1:], parser_class=OneLineArgumentParser, prog=prog)

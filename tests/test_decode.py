@@ -13,7 +13,7 @@ from PIL import Image
 from lightning_juicer.io import decode
 from lightning_juicer.io.decode import DraftedDecoder, draft_size, gpu_decode, is_jpeg, load_rgb
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.vision_pass import crop_transform
+from lightning_juicer.passes.reader import crop_transform
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the 'real' extra) is not installed")
 

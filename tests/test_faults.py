@@ -21,7 +21,7 @@ from PIL import Image
 
 from lightning_juicer.data import JuicerDataModule
 from lightning_juicer.io.sidecar import read_sidecar
-from lightning_juicer.governor.vision_pass import run_vision_pass
+from lightning_juicer.passes.vision import run_vision_pass
 from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.sieves.embeddings import read_embeddings, run_embeddings_pass
 from lightning_juicer.io.keeplist import read_keep_list

@@ -16,7 +16,8 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.evidence import ClassHead
 from lightning_juicer.governor.head_fit import HeadFitConfig, evidence_figures, fit_head, fit_linear_head
 from lightning_juicer.governor.scoring import PatchScorer
-from lightning_juicer.governor.vision_pass import load_pass_governor, to_config
+from lightning_juicer.passes.vision import load_pass_governor
+from lightning_juicer.passes.vision import vision_settings as to_config
 from tests.conftest import REPO
 
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "none": (128, 128, 128)}

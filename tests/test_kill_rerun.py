@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from lightning_juicer.io.sidecar import sidecar_info
-from lightning_juicer.governor.vision_pass import run_vision_pass
+from lightning_juicer.passes.vision import run_vision_pass
 from lightning_juicer.models.module import JuicerCLIP
 from tests.conftest import REPO
 

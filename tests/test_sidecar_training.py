@@ -15,7 +15,7 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.online import GovernorConfig
 from lightning_juicer.governor.selection import resample_scores, select_topk
 from lightning_juicer.io.sidecar import read_sidecar, sidecar_path
-from lightning_juicer.governor.vision_pass import run_vision_pass
+from lightning_juicer.passes.vision import run_vision_pass
 
 SPEC = DataSpec(image_size=64, patch_size=8, tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=16))
 

@@ -23,7 +23,7 @@ from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.sidecar import SidecarRows, read_sidecar, sidecar_path, write_sidecar
-from lightning_juicer.governor.vision_pass import run_vision_pass
+from lightning_juicer.passes.vision import run_vision_pass
 from lightning_juicer.text import text_pass
 from lightning_juicer.text.backends import BACKENDS, BackendContext, ConcatBackend, TextBackend, TransformersBackend
 from lightning_juicer.text.corpus import shard_captions

@@ -16,12 +16,11 @@ import pytest
 import timm
 import torch
 import webdataset as wds
-from omegaconf import OmegaConf
+import yaml
 
 from lightning_juicer.data.samples import load_rgb
 from lightning_juicer.data.synthetic import SHAPE_CLASSES, SyntheticConfig, prepare_synthetic
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor import vision_pass
 from lightning_juicer.governor.evidence import ClassHead
 from lightning_juicer.governor.loading import load_governor_model
 from lightning_juicer.governor.scoring import PatchScorer
@@ -32,7 +31,10 @@ from lightning_juicer.io.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from lightning_juicer.governor.vision_pass import ShardData, load_pass_governor, run_vision_pass, to_config
+from lightning_juicer.passes import vision
+from lightning_juicer.passes.base import ShardData
+from lightning_juicer.passes.vision import VisionPass, load_pass_governor, run_vision_pass
+from lightning_juicer.passes.vision import vision_settings as to_config
 from tests.conftest import REPO
 
 SETTINGS = {"image_size": [64, 64], "patch_size": [8, 8], "top_k_classes": 2}
@@ -119,7 +121,7 @@ def test_pass_writes_one_sidecar_per_shard_with_the_governors_scores_and_classes
 def test_killed_pass_resumes_to_identical_sidecars_and_skips_finished_shards(data, governor_dir, tmp_path, monkeypatch):
     run_vision_pass(_cfg(data, governor_dir, tmp_path / "clean"))
 
-    real_write, calls = vision_pass.write_sidecar, []
+    real_write, calls = vision.write_sidecar, []
 
     def crash_on_second_shard(path, *args, **kwargs):
         calls.append(path)
@@ -127,7 +129,7 @@ def test_killed_pass_resumes_to_identical_sidecars_and_skips_finished_shards(dat
             raise RuntimeError("simulated kill")
         return real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(vision_pass, "write_sidecar", crash_on_second_shard)
+    monkeypatch.setattr(vision, "write_sidecar", crash_on_second_shard)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_vision_pass(_cfg(data, governor_dir, tmp_path / "resumed"))
     monkeypatch.undo()
@@ -255,16 +257,16 @@ def test_sidecar_round_trip_paths_and_evidence(tmp_path):
 
 
 def test_ranks_take_whole_shards_round_robin(data, governor_dir, tmp_path):
-    cfg = to_config(_cfg(data, governor_dir, tmp_path))
-    jobs = vision_pass.plan_shards(cfg)
-    governor = vision_pass.load_pass_governor(cfg)
+    shard_pass = VisionPass(to_config(_cfg(data, governor_dir, tmp_path)))
+    jobs = shard_pass.plan()
+    shard_pass.load_models()
     taken = []
     for rank in range(2):
-        module = ShardData(jobs, governor, cfg)
+        module = ShardData(shard_pass, jobs)
         module.trainer = SimpleNamespace(global_rank=rank, world_size=2)
         module.setup("predict")
-        taken.append([job.index for job in module.plan.pending])
-        assert module.num_batches == 3 * len(module.plan.pending)  # ceil(32 / 12) batches per shard
+        taken.append([job.index for job in module.pending])
+        assert module.num_batches == 3 * len(module.pending)  # ceil(32 / 12) batches per shard
     assert taken == [[0, 2], [1]]
 
 
@@ -274,10 +276,9 @@ def test_command_line_two_process_pass(data, governor_dir, tmp_path):
     names.write_text("\n".join(SHAPE_CLASSES))
     command = [
         sys.executable, "preprocess/vision_pass.py", "--config", "configs/preprocess/vision.yaml",
-        f"shards={data.train_shards}", f"sidecar_dir={tmp_path / 'side'}", f"governor.name={governor_dir}",
-        f"governor.head.classnames={names}", "governor.head.activation=softmax", "accelerator=cpu", "devices=2",
-        "strategy=ddp", "num_workers=0",
-        "batch_size=16", "progress=false",
+        "--shards", data.train_shards, "--sidecar_dir", str(tmp_path / "side"), "--governor.name", str(governor_dir),
+        "--governor.head.classnames", str(names), "--governor.head.activation", "softmax", "--accelerator", "cpu",
+        "--devices", "2", "--strategy", "ddp", "--num_workers", "0", "--batch_size", "16", "--progress", "false",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -302,5 +303,5 @@ def test_evidence_activation_is_the_recorded_one_and_a_closed_set_head_needs_an_
     assert opted.head.activation == "softmax" and opted.settings["head"]["activation"] == "softmax"
     off = load_pass_governor(to_config({**cfg, "governor": {**cfg["governor"], "head": {"kind": "none"}}}))
     assert off.head is None and off.settings["head"] == {"kind": "none"}
-    yaml_default = OmegaConf.load(REPO / "configs" / "preprocess" / "vision.yaml").governor.head.activation
+    yaml_default = yaml.safe_load((REPO / "configs" / "preprocess" / "vision.yaml").read_text())["governor"]["head"]["activation"]
     assert yaml_default is None
