@@ -40,7 +40,7 @@ from lightning_juicer.text.measure import Rewrite, run_rewrites, summarise
 from lightning_juicer.text.prompts import PromptConfig, Request
 from lightning_juicer.text.repairs import repair_counts, repair_rates, synthetic_records
 from lightning_juicer.text.rules import Vocabulary
-from lightning_juicer.text.text_pass import run_text_pass
+from lightning_juicer.passes.text import run_text_pass
 from lightning_juicer.text.validation import ValidationConfig, Validator
 from lightning_juicer.text.tiny_llm import save_tiny_chat_llm
 

@@ -26,7 +26,7 @@ from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.sieves.embeddings import read_embeddings, run_embeddings_pass
 from lightning_juicer.io.keeplist import read_keep_list
 from lightning_juicer.sieves.run import run_sieve
-from lightning_juicer.text.text_pass import run_text_pass
+from lightning_juicer.passes.text import run_text_pass
 from tests.conftest import REPO, deadline
 
 pytestmark = pytest.mark.usefixtures("one_thread")

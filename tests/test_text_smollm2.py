@@ -17,7 +17,7 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.sidecar import SidecarRows, read_sidecar, sidecar_path, write_sidecar
 from lightning_juicer.text.backends import BackendContext, TransformersBackend
 from lightning_juicer.text.prompts import PromptConfig, Request, build_messages
-from lightning_juicer.text.text_pass import run_text_pass
+from lightning_juicer.passes.text import run_text_pass
 from lightning_juicer.text.validation import ValidationConfig, Validator, invented_classes
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -134,6 +134,14 @@ class ShardPass(ABC, Generic[S]):
         """The summary the command prints."""
         return summary(manifest, self.written, self.totals.rate)
 
+    def scored(self, shard: OpenShard) -> int:
+        """How many samples of a finished shard the model ran on (the run's speed figure counts these)."""
+        return len(shard.keys)
+
+    def config(self) -> dict[str, Any]:
+        """The settings as the manifest records them (JSON values)."""
+        return asdict(self.settings)
+
     def run(self, **trainer_kwargs: Any) -> dict[str, Any] | None:
         """Run the pass; returns the merged manifest on global rank 0 (None on other ranks)."""
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -145,7 +153,7 @@ class ShardPass(ABC, Generic[S]):
         if self.settings.on_mismatch == "error":  # refuse before any work, not when a rank reaches the shard
             for job in jobs:
                 self.existing(job)
-        header = {**self.header(), "manifest": str(manifest), "config": asdict(self.settings), "started": started}
+        header = {**self.header(), "manifest": str(manifest), "config": self.config(), "started": started}
         trainer = pass_trainer(self, ShardWriter(self, jobs, manifest, header), **trainer_kwargs)
         trainer.predict(self.predictor(), datamodule=ShardData(self, jobs), return_predictions=False)
         if trainer.is_global_zero and manifest.is_file():
@@ -234,7 +242,7 @@ class ShardWriter(BasePredictionWriter):
             self.record(job, "failed", {**counts, "written": 0, "error": batch["error"]})
             return
         fields = self.shard_pass.finish_shard(job, shard, counts)
-        self.scored += len(shard.keys)
+        self.scored += self.shard_pass.scored(shard)
         self.record(job, "written", fields)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

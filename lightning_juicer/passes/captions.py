@@ -1,28 +1,34 @@
-"""Reading a shard for the text pass: its captions by webdataset key, and batches of captions with their evidence."""
+"""Reading a shard for the text pass: its vision sidecar's rows with their captions and evidence, in batches.
+
+A DataLoader worker takes whole shards and yields each as batches ``{shard, key, caption, evidence,
+classnames, last, counts, error}`` in the sidecar's row order, the last one flagged with the shard's
+counts. A row without a caption member or with a caption that is not UTF-8 gets caption None (a
+counted skip: ``no_caption``, ``bad_caption_encoding``); a shard sample without a sidecar row is
+``no_sidecar_entry``, a tar member without a key ``bad_key``; a shard without a vision sidecar, or
+that cannot be read to its end, carries ``error``.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from lightning_juicer.io.sidecar import SidecarTable, read_sidecar
+from lightning_juicer.passes.reader import ShardJob
 from lightning_juicer.text.corpus import shard_captions
 
 SKIP_REASONS = ("no_caption", "bad_caption_encoding", "no_sidecar_entry", "bad_key")
 
 
-class TextJob(NamedTuple):
-    """One shard: position, URL, the sidecar written (``sidecar``), sample count, and the vision sidecar read."""
+@dataclass(frozen=True)
+class TextJob(ShardJob):
+    """A shard of the text pass: ``output`` is the sidecar written, ``source`` the vision sidecar read."""
 
-    index: int
-    url: str
-    sidecar: Path
-    size: int | None
     source: Path
 
 
