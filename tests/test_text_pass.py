@@ -18,6 +18,7 @@ import open_clip
 import pytest
 import torch
 import webdataset as wds
+import yaml
 
 from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.io.shards import expand_shards
@@ -511,6 +512,22 @@ def test_datamodule_trains_on_juiced_original_or_mixed_captions(tiny_synthetic, 
 
 
 # ---------------------------------------------------------------------------------- command line
+
+
+def test_the_shipped_config_parses_and_prints_and_the_old_syntax_is_refused_in_one_line(capsys):
+    config = str(REPO / "configs/preprocess/text.yaml")
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["text", "--config", config, "--backend", "RulesBackend", "--backend.init_args.min_count", "5",
+                  "--print_config"])
+    assert exited.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["backend"]["class_path"] == "lightning_juicer.text.backends.RulesBackend"
+    assert printed["backend"]["init_args"]["min_count"] == 5 and printed["backend"]["init_args"]["dictionary"] == "auto"
+    assert printed["batch_size"] == 64 and printed["prompts"]["user"].endswith("</caption>")
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["text", "--config", config, "backend=rules"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: backend: the passes take --backend rules (jsonargparse), not backend=rules"
 
 
 @pytest.mark.skipif(os.environ.get("JUICER_SKIP_DDP") == "1", reason="2-process test disabled")
