@@ -133,8 +133,8 @@ def make_keep_lists(args: argparse.Namespace, reference: Path, train_shards: str
     """Embeddings of the training shards by the reference, then one keep list per sieve at ``--fraction``."""
     emb_dir = args.out / "embeddings"
     run([sys.executable, "preprocess/embeddings.py", "--config", "configs/preprocess/embeddings.yaml",
-         f"shards={train_shards}", f"out_dir={emb_dir}", f"reference.name={reference}", "num_workers=1",
-         "progress=false"], args.out / "logs" / "embeddings.log")
+         "--shards", train_shards, "--out_dir", str(emb_dir), "--reference.name", str(reference), "--num_workers", "1",
+         "--progress", "false"], args.out / "logs" / "embeddings.log")
     names = sorted(p.name for p in emb_dir.glob("*.emb.parquet"))
     spec = [str(emb_dir / n) for n in names]
     keep = {}
@@ -152,11 +152,12 @@ def make_keep_lists(args: argparse.Namespace, reference: Path, train_shards: str
 def make_juiced_sidecars(args: argparse.Namespace, train_shards: str) -> None:
     """The method's two offline passes over the training shards: vision (scores, evidence), then text (captions)."""
     sidecars = args.out / "sidecars"
-    common = [f"shards={train_shards}", f"sidecar_dir={sidecars}", "progress=false"]
+    common = ["--shards", train_shards, "--sidecar_dir", str(sidecars), "--progress", "false"]
     run([sys.executable, "preprocess/vision_pass.py", "--config", "configs/preprocess/vision.yaml", *common,
-         f"governor.name={args.governor}", "num_workers=1", "batch_size=256"], args.out / "logs" / "vision_pass.log")
+         "--governor.name", args.governor, "--num_workers", "1", "--batch_size", "256"],
+        args.out / "logs" / "vision_pass.log")
     run([sys.executable, "preprocess/text_pass.py", "--config", "configs/preprocess/text.yaml", *common,
-         f"backend.name={args.text_backend}"], args.out / "logs" / "text_pass.log")
+         "--backend.name", args.text_backend], args.out / "logs" / "text_pass.log")
 
 
 def fmt(values: list[float]) -> str:

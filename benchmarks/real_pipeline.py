@@ -164,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"out={head}", f"governor={governor}", f"seed={args.seed}"])
 
     sidecars = out / "sidecars"
-    run_opts = ["devices=1", "num_workers=1", "progress=false", "on_mismatch=overwrite"]
+    run_opts = ["--devices", "1", "--num_workers", "1", "--progress", "false", "--on_mismatch", "overwrite"]
     pipe.run("vision_pass", ["preprocess/vision_pass.py", "--config", "configs/preprocess/vision.yaml",
-                             f"shards={shards}", f"sidecar_dir={sidecars}", f"governor.name={governor}",
-                             "governor.head.kind=file", f"governor.head.path={head}", "batch_size=32", *run_opts])
+                             "--shards", str(shards), "--sidecar_dir", str(sidecars), "--governor.name", str(governor),
+                             "--governor.head.kind", "file", "--governor.head.path", str(head), "--batch_size", "32",
+                             *run_opts])
     text = [f"backend.name={args.text_backend}"]
     if args.text_backend == "transformers":
         text += [*SMOLLM2, f"backend.transformers.max_new_tokens={args.max_new_tokens}"]

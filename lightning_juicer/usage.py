@@ -10,6 +10,8 @@ boundary prints it and exits 2. ``--help`` and ``--print_config`` are untouched.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import re
 from typing import Any, NoReturn
 
@@ -22,6 +24,7 @@ _PARSER_KEY = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
 _CLASS_PATH = re.compile(r"^- Problem with given class_path '([^']+)':\s*$")
 _OPTION = re.compile(r"^Option '([^']+)' is not accepted")
 _CLASS_REPR = re.compile(r"<class '(?:builtins\.)?([\w.]+)'>")
+_GROUP_OPTION = re.compile(r"^Group '([^']+)' does not accept option '([^']+)'")
 
 
 def _tidy(text: str) -> str:
@@ -36,6 +39,15 @@ def _unrecognized(line: str) -> str:
     return _tidy(line)
 
 
+def _is_dataclass(class_path: str) -> bool:
+    """Whether ``class_path`` names a dataclass (an optional dataclass field has no ``init_args`` in its config)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return dataclasses.is_dataclass(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError):
+        return False
+
+
 def _nested(key: str, lines: list[str]) -> str | None:
     """``<key>.init_args.<arg>: <problem>`` from jsonargparse's report on a subclass's arguments."""
     for i, line in enumerate(lines):
@@ -43,13 +55,14 @@ def _nested(key: str, lines: list[str]) -> str | None:
         if not found or i + 1 >= len(lines):
             continue
         inner, after = lines[i + 1], lines[i + 2 :]
+        prefix = f"{key}." if _is_dataclass(found.group(1)) else f"{key}.init_args."
         option = _OPTION.match(inner)
         if option:
-            return f"{key}.init_args.{option.group(1)}: unknown key ({found.group(1)} has no {option.group(1)!r})"
+            return f"{prefix}{option.group(1)}: unknown key ({found.group(1)} has no {option.group(1)!r})"
         parser_key = _PARSER_KEY.match(inner)
         if parser_key:
             detail = parser_key.group(2) or (after[0] if after else "invalid value")
-            return f"{key}.init_args.{parser_key.group(1)}: {_tidy(detail)}"
+            return f"{prefix}{parser_key.group(1)}: {_tidy(detail)}"
         return f"{key}: {_tidy(inner)} ({found.group(1)})"
     return None
 
@@ -61,6 +74,9 @@ def usage_message(message: str) -> str:
         return "invalid command line"
     if lines[0].startswith("unrecognized arguments:"):
         return _unrecognized(lines[0])
+    group = _GROUP_OPTION.match(lines[0])
+    if group:  # a config file's nested key that its dataclass does not have
+        return f"{group.group(1)}.{group.group(2)}: unknown key ({_tidy(lines[0])})"
     head = _PARSER_KEY.match(lines[0])
     if head is None:
         return _tidy(" ".join(lines))

@@ -1,6 +1,6 @@
 """Run a preprocess script and SIGKILL it half-way through writing its N-th Parquet file (kill-and-rerun tests).
 
-    python tests/kill_midway.py N preprocess/text_pass.py --config ... key=value ...
+    python tests/kill_midway.py N preprocess/text_pass.py --config ... --key value ...
 
 Every output file of the passes (sidecars, embeddings files) is written with ``pyarrow.parquet.write_table``
 into a temporary sibling; the N-th call writes half of its bytes, flushes them to disk and kills the

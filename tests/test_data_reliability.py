@@ -21,7 +21,7 @@ from lightning_juicer.data.samples import load_rgb
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.governor.online import GovernorConfig
 from lightning_juicer.io.sidecar import SidecarRows, sidecar_path, write_sidecar
-from lightning_juicer.sieves.embeddings import write_embeddings
+from lightning_juicer.io.embeddings import write_embeddings
 from lightning_juicer.io.keeplist import read_keep_list, write_keep_list
 from lightning_juicer.sieves.run import run_sieve
 from tests.conftest import deadline

@@ -122,13 +122,13 @@ def test_export_refuses_a_crafted_checkpoint_and_an_unwritable_folder(files):
 
 
 @pytest.mark.parametrize("script, overrides, message", [
-    ("vision_pass", ["sidecar_dir={bad}"], "sidecar_dir: cannot write into {bad}"),
-    ("text_pass", ["sidecar_dir={vision}", "output_dir={bad}", "backend.name=rules"],
+    ("vision_pass", ["--sidecar_dir", "{bad}"], "sidecar_dir: cannot write into {bad}"),
+    ("text_pass", ["--sidecar_dir", "{vision}", "--output_dir", "{bad}", "--backend.name", "rules"],
      "output_dir: cannot write into {bad}"),
-    ("embeddings", ["out_dir={bad}", "governor.name=juicer-synthetic"], "out_dir: cannot write into {bad}"),
-    ("embeddings", ["out_dir={tmp}", "reference.name={files}/crafted.ckpt"],
+    ("embeddings", ["--out_dir", "{bad}", "--governor.name", "juicer-synthetic"], "out_dir: cannot write into {bad}"),
+    ("embeddings", ["--out_dir", "{tmp}", "--reference.name", "{files}/crafted.ckpt"],
      "reference.name: {files}/crafted.ckpt is not a readable Lightning checkpoint: refused"),
-    ("vision_pass", ["batch_size=abc"], "batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("vision_pass", ["--batch_size", "abc"], "batch_size: Not of type PositiveInt: invalid literal for int()"),
 ])
 def test_preprocess_commands_fail_in_one_line(files, tmp_path, tiny_synthetic, script, overrides, message):
     vision = tmp_path / "vision"
@@ -137,16 +137,16 @@ def test_preprocess_commands_fail_in_one_line(files, tmp_path, tiny_synthetic, s
         (vision / shard.name.replace(".tar", ".juice.parquet")).write_bytes(b"")
     values = {"bad": files / "a_file" / "out", "vision": vision, "files": files, "tmp": tmp_path / "out"}
     config = REPO / "configs" / "preprocess" / CONFIGS[script]
-    args = [f"preprocess/{script}.py", "--config", str(config), f"shards={tiny_synthetic.train_shards}",
-            "accelerator=cpu", "devices=1", "num_workers=0", "progress=false",
+    args = [f"preprocess/{script}.py", "--config", str(config), "--shards", tiny_synthetic.train_shards,
+            "--accelerator", "cpu", "--devices", "1", "--num_workers", "0", "--progress", "false",
             *(o.format(**values) for o in overrides)]
     _assert_one_line(_command(*args), message.format(**values))
     assert not (files / "PWNED").exists()
 
 
 def test_the_sieve_checks_its_output_folder_before_reading_anything(files, tmp_path):
-    result = _command("preprocess/sieve.py", "--config", "configs/preprocess/sieve.yaml", "sieve=random",
-                      f"embeddings={tmp_path}/missing.emb.parquet", f"out={files}/a_file/keep.json")
+    result = _command("preprocess/sieve.py", "--config", "configs/preprocess/sieve.yaml", "--sieve", "random",
+                      "--embeddings", f"{tmp_path}/missing.emb.parquet", "--out", f"{files}/a_file/keep.json")
     _assert_one_line(result, f"out: {files / 'a_file'} is a file, not a folder")
 
 
@@ -185,18 +185,26 @@ def test_an_unknown_subcommand_and_help_and_print_config(capsys):
     assert exit_info.value.code == 0 and "--trainer.max_steps" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["vision", "embeddings"])
 @pytest.mark.parametrize("overrides, message", [
-    (["=3"], "'=3': an override is key=value"),
-    (["batch_size"], "'batch_size': an override is key=value"),
-    (["nokey=1"], "nokey: unknown key (Key 'nokey' not in 'VisionPassConfig')"),
-    (["governor.nope=1"], "governor.nope: unknown key"),
+    (["=3"], "unrecognized arguments: =3 (see python -m lightning_juicer {command} --help)"),
+    (["batch_size"], "unrecognized arguments: batch_size"),
+    (["batch_size=3"], "batch_size: the passes take --batch_size 3 (jsonargparse), not batch_size=3"),
+    (["--nokey", "1"], "nokey: unknown key"),
+    (["--governor.nope", "1"], "governor.nope: unknown key"),
+    (["--config", "{yaml}"], "governor.nope: unknown key"),
+    (["--on_mismatch", "keep"], "on_mismatch: Expected a typing.Literal['error', 'overwrite']. Got value: keep"),
+    (["--num_workers", "-1"], "num_workers: Not of type NonNegativeInt"),
+    (["--shards", "null"], "shards: no shards given"),
 ])
-def test_preprocess_override_errors_are_one_line(tiny_synthetic, capsys, overrides, message):
-    from preprocess.vision_pass import main as vision_main
-
-    assert vision_main(["--config", str(REPO / "configs/preprocess/vision.yaml"),
-                        f"shards={tiny_synthetic.train_shards}", *overrides]) == 2
-    _assert_one_line(capsys.readouterr().err, message, code=None)
+def test_pass_command_line_errors_are_one_line(tiny_synthetic, tmp_path, capsys, command, overrides, message):
+    (tmp_path / "bad.yaml").write_text("governor:\n  nope: 1\n")
+    values = {"yaml": tmp_path / "bad.yaml", "command": command}
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--config", str(REPO / f"configs/preprocess/{command}.yaml"),
+              "--shards", tiny_synthetic.train_shards, *(o.format(**values) for o in overrides)])
+    assert exit_info.value.code == 2
+    _assert_one_line(capsys.readouterr().err, message.format(**values), code=None)
 
 
 def test_a_bug_keeps_its_traceback_and_user_errors_can_show_theirs(monkeypatch):

@@ -23,7 +23,8 @@ from lightning_juicer.data import JuicerDataModule
 from lightning_juicer.io.sidecar import read_sidecar
 from lightning_juicer.passes.vision import run_vision_pass
 from lightning_juicer.models.module import JuicerCLIP
-from lightning_juicer.sieves.embeddings import read_embeddings, run_embeddings_pass
+from lightning_juicer.io.embeddings import read_embeddings
+from lightning_juicer.passes.embeddings import run_embeddings_pass
 from lightning_juicer.io.keeplist import read_keep_list
 from lightning_juicer.sieves.run import run_sieve
 from lightning_juicer.passes.text import run_text_pass

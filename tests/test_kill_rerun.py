@@ -97,9 +97,9 @@ def test_killed_embeddings_pass_reruns_to_identical_files(tiny_synthetic, tiny_m
 
     def command(folder: Path) -> list[str]:
         return ["preprocess/embeddings.py", "--config", "configs/preprocess/embeddings.yaml",
-                f"shards={tiny_synthetic.train_shards}", f"out_dir={folder}", f"reference.name={reference}",
-                "governor.name=juicer-synthetic", "batch_size=48", "num_workers=0", "accelerator=cpu", "devices=1",
-                "progress=false"]
+                "--shards", tiny_synthetic.train_shards, "--out_dir", str(folder), "--reference.name", str(reference),
+                "--governor.name", "juicer-synthetic", "--batch_size", "48", "--num_workers", "0",
+                "--accelerator", "cpu", "--devices", "1", "--progress", "false"]
 
     rerun = _kill_and_rerun(command, tmp_path / "clean", tmp_path / "resumed", ".emb.parquet")
     assert "(3 written, 1 already done, 0 failed)" in rerun["stdout"]

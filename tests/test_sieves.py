@@ -20,7 +20,8 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.sieves.clustered import balanced_quotas, cluster_sieve, d4, max_earlier_similarity, semdedup
 from lightning_juicer.sieves.d2 import d2_prune
-from lightning_juicer.sieves.embeddings import read_embeddings, run_embeddings_pass, write_embeddings
+from lightning_juicer.io.embeddings import read_embeddings, write_embeddings
+from lightning_juicer.passes.embeddings import run_embeddings_pass
 from lightning_juicer.io.keeplist import read_keep_list, write_keep_list
 from lightning_juicer.sieves.neighbors import knn, normalise
 from lightning_juicer.sieves.run import SIEVES, run_sieve

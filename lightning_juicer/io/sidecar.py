@@ -62,7 +62,7 @@ SCHEMA = pa.schema(
 )
 
 
-def _shard_name(shard_url: str) -> str | None:
+def shard_name(shard_url: str) -> str | None:
     """File name of a shard URL (local path, ``scheme://`` URL or ``pipe:`` command); None if not found."""
     if shard_url.startswith("pipe:"):
         tokens = [t for t in shard_url[5:].split() if ".tar" in t]
@@ -74,7 +74,7 @@ def _shard_name(shard_url: str) -> str | None:
 
 def sidecar_path(shard_url: str, sidecar_dir: str | Path | None = None, key: str = "sidecar_dir") -> Path:
     """Sidecar file of a shard: ``<stem>.juice.parquet`` in ``sidecar_dir``, or next to a local shard."""
-    name = _shard_name(str(shard_url))
+    name = shard_name(str(shard_url))
     if not name:
         raise ConfigError(f"{key}: cannot tell the shard file name of {shard_url!r}")
     stem = name[: name.index(".tar")] if ".tar" in name else Path(name).stem

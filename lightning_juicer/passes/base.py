@@ -286,7 +286,8 @@ def pass_trainer(shard_pass: ShardPass, writer: ShardWriter, **trainer_kwargs: A
 def pass_command(pass_type: type[ShardPass], argv: list[str], prog: str, doc: str | None = None) -> dict | None:
     """A pass's command: parse ``argv`` (``--config``, ``--key value``), run, print the summary; exit 1 if a shard
     failed (a rerun retries it)."""
-    shard_pass = pass_type(parse_argv(pass_type.settings_type, argv, prog, doc))
+    description = (doc or pass_type.settings_type.__doc__ or "").strip().split("\n\n")[0]
+    shard_pass = pass_type(parse_argv(pass_type.settings_type, argv, prog, description))
     manifest = shard_pass.run()
     if manifest is not None:
         print(shard_pass.describe(manifest))

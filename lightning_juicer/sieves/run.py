@@ -16,7 +16,7 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.outputs import check_writable
 from lightning_juicer.sieves.clustered import Kept, cluster_sieve, d4, semdedup
 from lightning_juicer.sieves.d2 import d2_prune
-from lightning_juicer.sieves.embeddings import EmbeddingSet, read_embeddings
+from lightning_juicer.io.embeddings import EmbeddingSet, read_embeddings
 from lightning_juicer.io.keeplist import check_fraction, write_keep_list
 from lightning_juicer.sieves.scored import clip_score, neg_clip_loss, norm_sim, random_keep, top
 

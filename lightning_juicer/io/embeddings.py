@@ -1,0 +1,117 @@
+"""Embeddings files: one ``<shard stem>.emb.parquet`` per shard, written by the embeddings pass, read by the sieves.
+
+Parquet, rows in shard order: ``key`` string; ``image`` and ``text`` fixed_size_list<float16>[D]
+(L2-normalised reference embeddings, present when a reference is set); ``cls``
+fixed_size_list<float16>[D'] (the governor's CLS embedding as it comes, present when a governor is
+set). Schema metadata ``juicer.embeddings`` (JSON): format_version, shard (file name), shard_url,
+reference, reference_pretrained, governor, dims, temperature (1 / the reference's logit scale), counts.
+Files are written atomically (``io.sidecar.atomic_write``), so a file that exists is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lightning_juicer.errors import ConfigError
+from lightning_juicer.io.keeplist import shard_ids
+from lightning_juicer.io.sidecar import SUFFIX as SIDECAR_SUFFIX
+from lightning_juicer.io.sidecar import atomic_write, sidecar_path
+
+SUFFIX = ".emb.parquet"
+META = b"juicer.embeddings"
+FORMAT_VERSION = 1
+FIELDS = ("image", "text", "cls")
+
+
+def embeddings_path(shard_url: str, out_dir: str | Path | None = None) -> Path:
+    """Embeddings file of a shard: ``<stem>.emb.parquet`` in ``out_dir`` or next to a local shard."""
+    sidecar = sidecar_path(shard_url, out_dir, key="out_dir")
+    return sidecar.with_name(sidecar.name.replace(SIDECAR_SUFFIX, SUFFIX))
+
+
+def _fixed_list(values: np.ndarray) -> pa.Array:
+    n, d = values.shape
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float16).ravel(), type=pa.float16())
+    return pa.FixedSizeListArray.from_arrays(flat, d) if n or d else pa.array([], pa.list_(pa.float16(), 0))
+
+
+def write_embeddings(
+    path: str | Path, keys: list[str], arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+) -> Path:
+    """Write one shard's embeddings atomically (float16 fixed-size lists, metadata as JSON)."""
+    columns = {"key": pa.array(list(keys), type=pa.string())}
+    dims = {}
+    for name in FIELDS:
+        if name in arrays:
+            values = np.asarray(arrays[name], dtype=np.float32).reshape(len(keys), -1)
+            columns[name] = _fixed_list(values)
+            dims[name] = values.shape[1]
+    table = pa.table(columns).replace_schema_metadata({META: json.dumps({**meta, "dims": dims}).encode()})
+    return atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def embeddings_meta(path: str | Path) -> tuple[dict[str, Any], int]:
+    """The metadata and row count of an embeddings file (footer only)."""
+    try:
+        footer = pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ConfigError(f"embeddings file {path} cannot be read: {' '.join(str(e).split())}") from e
+    raw = (footer.schema.to_arrow_schema().metadata or {}).get(META)
+    if raw is None:
+        raise ConfigError(f"embeddings file {path} has no juicer.embeddings metadata: not written by the embeddings pass")
+    return json.loads(raw), footer.num_rows
+
+
+@dataclass
+class EmbeddingSet:
+    """Embeddings of many shards in memory: keys, each key's shard identity (``keeplist.shard_ids``), float32
+    arrays per field, metadata."""
+
+    keys: list[str]
+    shards: list[str]
+    arrays: dict[str, np.ndarray]
+    temperature: float | None
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def read_embeddings(paths: list[str | Path]) -> EmbeddingSet:
+    """Load embeddings files (all must hold the same fields) into one EmbeddingSet."""
+    if not paths:
+        raise ConfigError("embeddings: no embeddings files given; run `python -m lightning_juicer embeddings` first")
+    keys: list[str] = []
+    shard_urls: list[str] = []
+    rows_per_file: list[int] = []
+    parts: dict[str, list[np.ndarray]] = {}
+    temperature, fields = None, None
+    for path in paths:
+        meta, _ = embeddings_meta(path)
+        table = pq.read_table(path)
+        names = tuple(n for n in FIELDS if n in table.column_names)
+        if fields is None:
+            fields = names
+        elif names != fields:
+            raise ConfigError(f"embeddings: {path} holds {names}, the first file holds {fields}; rerun the pass")
+        temperature = meta.get("temperature") if temperature is None else temperature
+        rows = table.num_rows
+        keys.extend(table.column("key").to_pylist())
+        shard_urls.append(meta.get("shard_url") or meta.get("shard") or Path(path).name)
+        rows_per_file.append(rows)
+        for name in names:
+            column = table.column(name).combine_chunks()
+            dim = column.type.list_size if rows else meta["dims"][name]
+            parts.setdefault(name, []).append(column.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim))
+    ids = shard_ids(shard_urls, unique="embeddings")
+    shards = [ident for ident, rows in zip(ids, rows_per_file) for _ in range(rows)]
+    arrays = {name: np.concatenate(p).astype(np.float32) for name, p in parts.items()}
+    return EmbeddingSet(keys, shards, arrays, temperature, [str(p) for p in paths])
