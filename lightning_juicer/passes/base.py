@@ -103,6 +103,10 @@ class ShardPass(ABC, Generic[S]):
         """What the merged manifest records about the models and settings (besides the config)."""
         return {}
 
+    def config_record(self) -> dict[str, Any]:
+        """The settings as the manifest's ``config`` (JSON); override if a field is not a plain value or dataclass."""
+        return asdict(self.settings)
+
     @abstractmethod
     def existing(self, job: ShardJob) -> dict[str, Any] | None:
         """The manifest fields of the shard's finished output, or None when it must be (re)computed."""
@@ -138,10 +142,6 @@ class ShardPass(ABC, Generic[S]):
         """How many samples of a finished shard the model ran on (the run's speed figure counts these)."""
         return len(shard.keys)
 
-    def config(self) -> dict[str, Any]:
-        """The settings as the manifest records them (JSON values)."""
-        return asdict(self.settings)
-
     def run(self, **trainer_kwargs: Any) -> dict[str, Any] | None:
         """Run the pass; returns the merged manifest on global rank 0 (None on other ranks)."""
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -153,7 +153,7 @@ class ShardPass(ABC, Generic[S]):
         if self.settings.on_mismatch == "error":  # refuse before any work, not when a rank reaches the shard
             for job in jobs:
                 self.existing(job)
-        header = {**self.header(), "manifest": str(manifest), "config": self.config(), "started": started}
+        header = {**self.header(), "manifest": str(manifest), "config": self.config_record(), "started": started}
         trainer = pass_trainer(self, ShardWriter(self, jobs, manifest, header), **trainer_kwargs)
         trainer.predict(self.predictor(), datamodule=ShardData(self, jobs), return_predictions=False)
         if trainer.is_global_zero and manifest.is_file():

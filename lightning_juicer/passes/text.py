@@ -177,7 +177,7 @@ class TextPass(ShardPass[TextSettings]):
     def header(self) -> dict[str, Any]:
         return {"format_version": 1, "backend": self.backend.name, "settings": self.identity}
 
-    def config(self) -> dict[str, Any]:
+    def config_record(self) -> dict[str, Any]:
         """The settings, the backend by name (its settings are the header's)."""
         values = {f.name: getattr(self.settings, f.name) for f in fields(self.settings)}
         return {**{k: asdict(v) if is_dataclass(v) else v for k, v in values.items() if k != "backend"},
