@@ -39,7 +39,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -47,7 +46,7 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.outputs import check_writable, check_writable_parents
 from lightning_juicer.passes.config import PassSettings, parse_argv
 from lightning_juicer.passes.manifest import ManifestTotals, RankLines, merge_manifests, summary
-from lightning_juicer.passes.progress import progress_callbacks
+from lightning_juicer.passes.trainer import pass_trainer
 from lightning_juicer.passes.reader import ShardJob, plan_jobs
 
 log = logging.getLogger(__name__)
@@ -154,7 +153,8 @@ class ShardPass(ABC, Generic[S]):
             for job in jobs:
                 self.existing(job)
         header = {**self.header(), "manifest": str(manifest), "config": self.config_record(), "started": started}
-        trainer = pass_trainer(self, ShardWriter(self, jobs, manifest, header), **trainer_kwargs)
+        writer = ShardWriter(self, jobs, manifest, header)
+        trainer = pass_trainer(self.settings, self.label, [writer], **trainer_kwargs)
         trainer.predict(self.predictor(), datamodule=ShardData(self, jobs), return_predictions=False)
         if trainer.is_global_zero and manifest.is_file():
             return json.loads(manifest.read_text(encoding="utf-8"))
@@ -251,36 +251,6 @@ class ShardWriter(BasePredictionWriter):
         trainer.strategy.barrier("shard_pass_manifest")
         if trainer.is_global_zero:
             merge_manifests(self.manifest, trainer.world_size, self.header, self.shard_pass.totals)
-
-
-def resolve_precision(settings: PassSettings) -> str:
-    """``precision``, or by default bf16 autocast on CUDA (fp16 where bf16 is missing) and fp32 elsewhere."""
-    if settings.precision:
-        return str(settings.precision)
-    if settings.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-def pass_trainer(shard_pass: ShardPass, writer: ShardWriter, **trainer_kwargs: Any) -> L.Trainer:
-    """The predict-only Trainer of a pass (devices, precision, progress from its settings)."""
-    settings = shard_pass.settings
-    progress, bar = progress_callbacks(shard_pass.label, settings.progress)
-    return L.Trainer(**{
-        "accelerator": settings.accelerator,
-        "devices": settings.devices,
-        "num_nodes": settings.num_nodes,
-        "strategy": settings.strategy,
-        "precision": resolve_precision(settings),
-        "logger": False,
-        "callbacks": [writer, *progress],
-        "enable_progress_bar": bar,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "use_distributed_sampler": False,
-        "inference_mode": True,
-        **trainer_kwargs,
-    })
 
 
 def pass_command(pass_type: type[ShardPass], argv: list[str], prog: str, doc: str | None = None) -> dict | None:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
-import numpy as np
 import open_clip
 import torch
 from jsonargparse.typing import NonNegativeInt
