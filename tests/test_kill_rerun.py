@@ -77,8 +77,9 @@ def test_killed_text_pass_reruns_to_identical_sidecars(tiny_synthetic, vision_si
 
     def command(folder: Path) -> list[str]:
         return ["preprocess/text_pass.py", "--config", "configs/preprocess/text.yaml",
-                f"shards={tiny_synthetic.train_shards}", f"sidecar_dir={folder}", "backend.name=rules",
-                "batch_size=16", "num_workers=0", "accelerator=cpu", "devices=1", "progress=false"]
+                "--shards", tiny_synthetic.train_shards, "--sidecar_dir", str(folder), "--backend", "rules",
+                "--batch_size", "16", "--num_workers", "0", "--accelerator", "cpu", "--devices", "1",
+                "--progress", "false"]
 
     def has_captions(sidecar: Path) -> bool:
         return "text" in sidecar_info(sidecar).extra

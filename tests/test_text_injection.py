@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_juicer.text.backends import TransformersBackend, TransformersConfig
+from lightning_juicer.text.backends import BackendContext, TransformersBackend
 from lightning_juicer.text.prompts import PromptConfig, Request, build_messages, fence, neutralise
 from lightning_juicer.text.tiny_llm import SPECIALS, save_tiny_chat_llm
 
@@ -45,7 +45,7 @@ def tiny_backend(tmp_path_factory):
     prompts = PromptConfig()
     texts = [prompts.system, prompts.evidence, prompts.no_evidence, "a dog on the beach say pwned system"]
     folder = save_tiny_chat_llm(tmp_path_factory.mktemp("llm") / "tiny", texts)
-    return TransformersBackend(TransformersConfig(model=str(folder), max_new_tokens=4), prompts)
+    return TransformersBackend(model=str(folder), max_new_tokens=4).setup(BackendContext(prompts))
 
 
 def _controls(backend, ids):

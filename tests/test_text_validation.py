@@ -133,7 +133,7 @@ def test_a_dictionary_word_is_never_corrected_even_to_a_more_frequent_neighbour(
     repair = RulesRepair(vocab, RulesConfig(dictionary=str(words)), dictionary)
     assert repair.repair("a very godo dog") == "a very good dog"
     assert load_dictionary(None) == (frozenset(), None)
-    with pytest.raises(Exception, match="^backend.rules.dictionary: .*nope not found"):
+    with pytest.raises(Exception, match="^backend.init_args.dictionary: .*nope not found"):
         load_dictionary(str(tmp_path / "nope"))
 
 

@@ -137,6 +137,10 @@ class ShardPass(ABC, Generic[S]):
         """The summary the command prints."""
         return summary(manifest, self.written, self.totals.rate)
 
+    def scored(self, shard: OpenShard) -> int:
+        """How many samples of a finished shard the model ran on (the run's speed figure counts these)."""
+        return len(shard.keys)
+
     def run(self, **trainer_kwargs: Any) -> dict[str, Any] | None:
         """Run the pass; returns the merged manifest on global rank 0 (None on other ranks)."""
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -238,7 +242,7 @@ class ShardWriter(BasePredictionWriter):
             self.record(job, "failed", {**counts, "written": 0, "error": batch["error"]})
             return
         fields = self.shard_pass.finish_shard(job, shard, counts)
-        self.scored += len(shard.keys)
+        self.scored += self.shard_pass.scored(shard)
         self.record(job, "written", fields)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -51,10 +51,8 @@ def words(text: str) -> list[str]:
 
 @dataclass
 class RulesConfig:
-    """Settings of the ``rules`` backend (and where its vocabulary comes from)."""
+    """How ``RulesRepair`` repairs (the ``rules`` backend's settings, less where its vocabulary comes from)."""
 
-    vocab: str | None = None
-    vocab_shards: int = 64
     min_count: int = 3
     ratio: float = 10.0
     keep_count: int = 100
@@ -63,7 +61,7 @@ class RulesConfig:
     dictionary: str | None = "auto"
 
 
-def load_dictionary(spec: str | None) -> tuple[frozenset[str], str | None]:
+def load_dictionary(spec: str | None, key: str = "backend.init_args.dictionary") -> tuple[frozenset[str], str | None]:
     """Lower-case words of a word list (``auto``: the system's, when installed; null: none) and its id."""
     if spec is None or spec == "none":
         return frozenset(), None
@@ -73,7 +71,7 @@ def load_dictionary(spec: str | None) -> tuple[frozenset[str], str | None]:
             log.warning("rules: no system word list at %s (apt-get install wamerican): dictionary words are "
                         "not protected from correction", path)
             return frozenset(), None
-        raise ConfigError(f"backend.rules.dictionary: {spec} not found")
+        raise ConfigError(f"{key}: {spec} not found")
     text = path.read_text(encoding="utf-8", errors="replace")
     found = frozenset(w.lower() for w in re.findall(r"^[A-Za-z]+$", text, re.MULTILINE))
     return found, f"{path.name}:{hashlib.sha1(' '.join(sorted(found)).encode()).hexdigest()[:12]}"

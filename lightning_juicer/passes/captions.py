@@ -1,82 +1,35 @@
-"""Reading a shard for the text pass: its captions by webdataset key, and batches of captions with their evidence."""
+"""Reading a shard for the text pass: its vision sidecar's rows with their captions and evidence, in batches.
+
+A DataLoader worker takes whole shards and yields each as batches ``{shard, key, caption, evidence,
+classnames, last, counts, error}`` in the sidecar's row order, the last one flagged with the shard's
+counts. A row without a caption member or with a caption that is not UTF-8 gets caption None (a
+counted skip: ``no_caption``, ``bad_caption_encoding``); a shard sample without a sidecar row is
+``no_sidecar_entry``, a tar member without a key ``bad_key``; a shard without a vision sidecar, or
+that cannot be read to its end, carries ``error``.
+"""
 
 from __future__ import annotations
 
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import webdataset as wds
 from torch.utils.data import IterableDataset
-from webdataset.tariterators import base_plus_ext
 
-from lightning_juicer.data.samples import CAPTION_EXTS
 from lightning_juicer.io.sidecar import SidecarTable, read_sidecar
-from lightning_juicer.text.rules import Vocabulary
+from lightning_juicer.passes.reader import ShardJob
+from lightning_juicer.text.corpus import shard_captions
 
 SKIP_REASONS = ("no_caption", "bad_caption_encoding", "no_sidecar_entry", "bad_key")
 
 
-class TextJob(NamedTuple):
-    """One shard: position, URL, the sidecar written (``sidecar``), sample count, and the vision sidecar read."""
+@dataclass(frozen=True)
+class TextJob(ShardJob):
+    """A shard of the text pass: ``output`` is the sidecar written, ``source`` the vision sidecar read."""
 
-    index: int
-    url: str
-    sidecar: Path
-    size: int | None
     source: Path
-
-
-class ShardCaptions(NamedTuple):
-    """A shard's caption bytes by key (None: no caption member), member names without a key, the read error."""
-
-    captions: dict[str, bytes | None]
-    bad_keys: int
-    error: str | None
-
-
-def shard_captions(url: str) -> ShardCaptions:
-    """The caption bytes of one shard by key, and the read error if it broke.
-
-    Keys are split from member names as webdataset splits them (``base_plus_ext``: the extension
-    starts at the first dot of the last path component, so ``dir.v1/k.txt`` is key ``dir.v1/k`` and
-    ``../x.txt`` key ``../x``); a file member whose name has no key (``..``, ``x``) is counted.
-    """
-    captions: dict[str, bytes | None] = {}
-    bad_keys = 0
-    if Path(url).is_file():  # local tar: skip image bytes instead of reading them
-        try:
-            with tarfile.open(url) as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, ext = base_plus_ext(member.name)
-                    if key is None:
-                        bad_keys += 1
-                        continue
-                    captions.setdefault(key, None)
-                    if ext.lower() in CAPTION_EXTS:
-                        captions[key] = tar.extractfile(member).read()
-        except (tarfile.TarError, OSError) as e:
-            return ShardCaptions(captions, bad_keys, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
-        return ShardCaptions(captions, bad_keys, None)
-    errors: list[str] = []
-
-    def on_error(exn: Exception) -> bool:
-        errors.append(f"{type(exn).__name__}: {' '.join(str(exn).split())[:300]}")
-        return True
-
-    for sample in wds.tarfile_samples(iter([{"url": url}]), handler=on_error):
-        captions[str(sample["__key__"])] = next((sample[e] for e in CAPTION_EXTS if e in sample), None)
-    return ShardCaptions(captions, bad_keys, "; ".join(errors) or None)
-
-
-def corpus_vocabulary(urls: list[str]) -> Vocabulary:
-    """Word counts of the captions of the given shards."""
-    texts = (data.decode("utf-8", "replace") for url in urls for data in shard_captions(url).captions.values() if data)
-    return Vocabulary.from_captions(texts)
 
 
 def sidecar_classnames(table: SidecarTable) -> list[str]:
