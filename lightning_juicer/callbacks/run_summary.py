@@ -6,40 +6,48 @@ import json
 from pathlib import Path
 
 import lightning as L
-import torch
 
-from lightning_juicer.data.drops import DROP_REASONS, FALLBACK_REASONS
+from lightning_juicer.data.drops import DropLedger
+from lightning_juicer.data.datamodule import JuicerDataModule
+from lightning_juicer.models.module import JuicerCLIP
+
+
+def rank_drops(trainer: L.Trainer, pl_module: L.LightningModule) -> DropLedger:
+    """This rank's drop totals: the DataModule's ledger plus the module's (its device counts folded in: a sync)."""
+    ledgers = []
+    if isinstance(trainer.datamodule, JuicerDataModule):
+        ledgers.append(trainer.datamodule.drops)
+    if isinstance(pl_module, JuicerCLIP):
+        ledgers.append(pl_module.settle_drops())
+    return DropLedger.total(ledgers)
 
 
 class RunSummary(L.Callback):
     """Logs drops by reason during training; at the end of fit writes the manifest and prints where things are."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """Log running drop totals of this rank (``data/dropped_<reason>``)."""
-        if not trainer._logger_connector.should_update_logs:
+        """On the steps Lightning writes logs (``trainer.log_every_n_steps``), log this rank's drop totals
+        (``data/dropped_<reason>``); reading the device counts is a sync, so not on the other steps."""
+        if trainer.global_step % trainer.log_every_n_steps != 0:
             return
-        drops = _settled(trainer.datamodule)
-        if drops:
-            for reason, count in drops.items():
+        for reason, count in rank_drops(trainer, pl_module).items():
+            if count:
                 pl_module.log(f"data/dropped_{reason}", float(count), on_step=True, on_epoch=False)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         """Sum drops over ranks, write ``manifest.json`` and print log dir and checkpoint paths."""
-        drops = _settled(trainer.datamodule) or {}
-        reasons = DROP_REASONS + FALLBACK_REASONS
-        counts = torch.tensor([float(drops.get(r, 0)) for r in reasons], device=pl_module.device)
-        counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        drops = DropLedger.total([rank_drops(trainer, pl_module)], trainer.strategy.reduce, pl_module.device)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank must ask
         if not trainer.is_global_zero:
             return
         log_dir.mkdir(parents=True, exist_ok=True)
         datamodule = trainer.datamodule
+        batch_size = datamodule.batch_size if isinstance(datamodule, JuicerDataModule) else 0
         manifest = {
             "global_step": trainer.global_step,
-            "images_trained": trainer.global_step * getattr(datamodule, "batch_size", 0) * trainer.world_size
-            * trainer.accumulate_grad_batches,
-            "dropped": {r: int(c) for r, c in zip(reasons, counts.tolist()) if c and r in DROP_REASONS},
-            "random_fallbacks": {r: int(c) for r, c in zip(reasons, counts.tolist()) if c and r in FALLBACK_REASONS},
+            "images_trained": trainer.global_step * batch_size * trainer.world_size * trainer.accumulate_grad_batches,
+            "dropped": drops.dropped,
+            "random_fallbacks": drops.fallbacks,
         }
         (log_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
         checkpoint = trainer.checkpoint_callback
@@ -51,9 +59,3 @@ class RunSummary(L.Callback):
             f"manifest:    {log_dir / 'manifest.json'}  dropped={manifest['dropped'] or 0}",
         ]
         print("\n".join(["", "run finished", *lines]), flush=True)
-
-
-def _settled(datamodule) -> dict | None:
-    """The DataModule's drop totals, with the counts it keeps on the device folded in (a sync: logging steps only)."""
-    settle = getattr(datamodule, "settle_counts", None)
-    return settle() if settle is not None else getattr(datamodule, "drops", None)
