@@ -26,7 +26,7 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
     Uses open_clip's public ``add_model_config``: the config is written as ``<name>.json`` into this
     process's folder of inline configs and open_clip rescans its config paths.
     """
-    if "vision_cfg" not in config or "text_cfg" not in config:
+    if not all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg")):  # what open_clip's rescan keeps
         raise ConfigError("model.init_args.model_config: needs 'embed_dim', 'vision_cfg' and 'text_cfg' like open_clip's JSON configs")
     if not re.fullmatch(r"[\w.+-]+", name):
         raise ConfigError(f"model.init_args.model_name: {name!r} cannot name an inline model_config (use letters, "
@@ -35,8 +35,6 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f)
     open_clip.add_model_config(path)
-    if open_clip.get_model_config(name) is None:  # open_clip skips a config without embed_dim
-        raise ConfigError("model.init_args.model_config: needs 'embed_dim', 'vision_cfg' and 'text_cfg' like open_clip's JSON configs")
 
 
 def check_pretrained(model_name: str, pretrained: str | None) -> None:
