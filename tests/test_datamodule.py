@@ -165,3 +165,12 @@ def test_too_few_shards_for_disjoint_reading_is_refused(messy_shards):
         dm.train_dataloader()
     dm.sampling = "resampled"
     assert len(dm.train_dataloader()) == 3
+
+
+def test_validate_without_held_out_shards_is_a_one_line_error(tiny_synthetic):
+    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, data_spec=SPEC)
+    for stage in ("validate", "test"):
+        with pytest.raises(ConfigError, match=rf"^data.init_args.val_shards: `{stage}` has no held-out shards"):
+            dm.setup(stage)
+    dm.setup("fit")  # training on real shards without validation stays allowed
+    assert dm.val_dataloader() == []

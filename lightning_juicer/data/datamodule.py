@@ -155,6 +155,9 @@ class JuicerDataModule(L.LightningDataModule):
             self.train_urls = expand_shards(paths.train_shards, "data.init_args.synthetic.root")
             if self.val_urls is None:
                 self.val_urls = expand_shards(paths.val_shards, "data.init_args.synthetic.root")
+        if stage in ("validate", "test") and not self.val_urls:
+            raise ConfigError(f"data.init_args.val_shards: `{stage}` has no held-out shards to evaluate on; set "
+                              "data.init_args.val_shards")
         if self.keep_list and self._keep is None:
             keep = read_keep_list(self.keep_list)
             kept = check_keep_list(keep, self.train_urls)

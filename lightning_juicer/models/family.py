@@ -42,10 +42,10 @@ class ModelFamily:
         """Whether an open_clip model config is a model of this family."""
         raise NotImplementedError
 
-    def build_loss(self, *, rank: int, world_size: int, local_loss: bool, gather_with_grad: bool,
-                   caption_loss_weight: float, clip_loss_weight: float, siglip_dist_impl: str | None,
-                   pad_id: int) -> torch.nn.Module:
-        """open_clip's loss for this family, sized for this process group."""
+    def build_loss(self, model: torch.nn.Module, *, rank: int, world_size: int, local_loss: bool,
+                   gather_with_grad: bool, caption_loss_weight: float, clip_loss_weight: float,
+                   siglip_dist_impl: str | None) -> torch.nn.Module:
+        """open_clip's loss for this family and ``model``, sized for this process group."""
         return self.loss_class(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
                                rank=rank, world_size=world_size)
 
@@ -82,9 +82,9 @@ class CoCa(ModelFamily):
     def describes(cls, model_cfg: dict[str, Any]) -> bool:
         return "multimodal_cfg" in model_cfg
 
-    def build_loss(self, *, rank, world_size, local_loss, gather_with_grad, caption_loss_weight, clip_loss_weight,
-                   siglip_dist_impl, pad_id) -> torch.nn.Module:
-        return CoCaLoss(caption_loss_weight=caption_loss_weight, clip_loss_weight=clip_loss_weight, pad_id=pad_id,
+    def build_loss(self, model, *, rank, world_size, local_loss, gather_with_grad, caption_loss_weight,
+                   clip_loss_weight, siglip_dist_impl) -> torch.nn.Module:
+        return CoCaLoss(caption_loss_weight=caption_loss_weight, clip_loss_weight=clip_loss_weight, pad_id=model.pad_id,
                         local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True, rank=rank,
                         world_size=world_size)
 
@@ -108,8 +108,8 @@ class SigLIP(ModelFamily):
     def describes(cls, model_cfg: dict[str, Any]) -> bool:
         return "multimodal_cfg" not in model_cfg and model_cfg.get("init_logit_bias") is not None
 
-    def build_loss(self, *, rank, world_size, local_loss, gather_with_grad, caption_loss_weight, clip_loss_weight,
-                   siglip_dist_impl, pad_id) -> torch.nn.Module:
+    def build_loss(self, model, *, rank, world_size, local_loss, gather_with_grad, caption_loss_weight,
+                   clip_loss_weight, siglip_dist_impl) -> torch.nn.Module:
         return SigLipLoss(rank=rank, world_size=world_size, dist_impl=siglip_dist_impl)
 
     def loss_terms(self, loss_fn, outputs):

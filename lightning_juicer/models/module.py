@@ -142,10 +142,9 @@ class JuicerCLIP(L.LightningModule):
         """open_clip's loss for this model's family and the hparams, for ``world_size`` ranks."""
         hp = self.hparams
         return self.family.build_loss(
-            rank=rank, world_size=world_size, local_loss=hp.local_loss,
+            self.model, rank=rank, world_size=world_size, local_loss=hp.local_loss,
             gather_with_grad=hp.gather_with_grad, caption_loss_weight=hp.caption_loss_weight,
             clip_loss_weight=hp.clip_loss_weight, siglip_dist_impl=hp.siglip_dist_impl,
-            pad_id=getattr(self.model, "pad_id", 0),
         )
 
     def data_spec(self) -> DataSpec:
