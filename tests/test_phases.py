@@ -222,3 +222,19 @@ def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(tmp_path, tiny_synt
 def test_nonfinite_policy_is_checked():
     with pytest.raises(ConfigError, match=r"model.init_args.nonfinite_loss: 'ignore'"):
         JuicerCLIP(model_name="ViT-B-16", nonfinite_loss="ignore")
+
+
+def test_last_ckpt_is_the_final_state_and_redirected_logs_get_progress_lines(tmp_path, tiny_synthetic,
+                                                                             tiny_model_args, capsys):
+    # every_n_train_steps=4 of 6 with validation configured: Lightning alone leaves last.ckpt at step 4.
+    module = JuicerCLIP(**{**tiny_model_args, "warmup_steps": 1})
+    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, val_shards=tiny_synthetic.val_shards, batch_size=8,
+                          num_workers=0, shuffle_buffer=0, selection="random", keep_ratio=0.5)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
+    trainer = L.Trainer(max_steps=6, logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
+                        limit_val_batches=1, enable_model_summary=False,
+                        callbacks=[checkpoint, RunSummary(progress_every_n_steps=2)])
+    trainer.fit(module, dm)
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
+    out = capsys.readouterr().out  # pytest's captured stderr is not a terminal, like a redirected log
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == ["2/6", "4/6", "6/6"]
