@@ -25,11 +25,15 @@ from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic
 from lightning_juicer.governor.online import GovernorConfig
 from lightning_juicer.passes.vision import run_vision_pass
+from lightning_juicer.models.governed import build_governor
 
 
 def samples_per_second(dm: JuicerDataModule, device: str, batches: int) -> float:
-    """Samples/s of the training stream, including the transfer and on_after_batch_transfer."""
+    """Samples/s of the training stream, including the transfer, on_after_batch_transfer and (on the fly) the
+    frozen governor's selection as JuicerCLIP's training step runs it (bf16 autocast on a GPU, as bf16-mixed)."""
     dm.setup("fit")
+    selection = dm.on_the_fly_selection
+    governor = build_governor(selection, dm.data_spec).to(device) if selection is not None else None
     loader = iter(dm.train_dataloader())
     next(loader)  # start the workers
     start, seen = time.perf_counter(), 0
@@ -37,6 +41,9 @@ def samples_per_second(dm: JuicerDataModule, device: str, batches: int) -> float
         batch = next(loader)
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         batch = dm.on_after_batch_transfer(batch, 0)
+        if governor is not None:
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                batch["keep"], _ = governor(batch["image"])
         seen += batch["image"].shape[0]
     if device == "cuda":
         torch.cuda.synchronize()

@@ -23,7 +23,7 @@ from lightning_juicer.models.checkpoint import EVALUATION_CHANGEABLE, RESUME_CHA
 from lightning_juicer.models.export import export_checkpoint
 from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.outputs import check_writable
-from lightning_juicer.resume import continue_last_version
+from lightning_juicer.resume import continue_last_version, purge_duplicate_steps
 from lightning_juicer.safe_load import check_lightning_checkpoint
 from lightning_juicer.usage import OneLineArgumentParser, OneLineParser
 
@@ -47,6 +47,8 @@ class JuicerCLI(LightningCLI):
     line naming the differing keys (``RESUME_CHANGEABLE`` may differ when resuming a fit,
     ``EVALUATION_CHANGEABLE`` when validating or testing: no optimizer is restored then).
     """
+
+    _resumed: Path | None = None  # the last.ckpt ``--ckpt_path last`` resumes (set before the classes are built)
 
     def _check_ckpt(self, path: str | Path) -> None:
         model = self.config[self.config.subcommand].get("model")
@@ -83,13 +85,21 @@ class JuicerCLI(LightningCLI):
         if self.subcommand is not None:
             check_output_folders(self.trainer)
 
-    def before_fit(self) -> None:
+    def before_instantiate_classes(self) -> None:
         """``--ckpt_path last`` continues the newest version that has a last.ckpt, in the same log folder."""
-        if self.config_init[self.subcommand].get("ckpt_path") == "last":
-            found = continue_last_version(self.trainer)
-            if found is not None:
-                check_lightning_checkpoint(found, "ckpt_path")
-                self._check_ckpt(found)
+        super().before_instantiate_classes()
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        self._resumed = None
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            self._resumed = continue_last_version(config.get("trainer", {}).get("logger"))
+            if self._resumed is not None:
+                check_lightning_checkpoint(self._resumed, "ckpt_path")
+                self._check_ckpt(self._resumed)
+
+    def before_fit(self) -> None:
+        """A resumed run's TensorBoard discards the steps the killed run logged after its checkpoint."""
+        if self._resumed is not None:
+            purge_duplicate_steps(self.trainer.logger, self._resumed)
 
 
 def check_output_folders(trainer: Any) -> None:

@@ -1,18 +1,26 @@
-"""``fit --ckpt_path last``: find the newest run version with a ``last.ckpt`` and continue logging into it."""
+"""``fit --ckpt_path last``: find the newest run version with a ``last.ckpt`` and continue logging into it.
+
+Lightning looks for ``last.ckpt`` only in the *new* version's checkpoint folder, which a versioned logger
+(TensorBoard, CSV) makes up, so a plain ``--ckpt_path last`` would start afresh. Here the logger's
+configured ``version`` is set to the version holding the newest ``last.ckpt`` before the logger is built
+(``continue_last_version``, on the parsed config), and the TensorBoard events the killed run wrote after
+that checkpoint are marked for discarding (``purge_duplicate_steps``). Public APIs only.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
 _LAST = re.compile(r"^last(-v?\d+)?\.ckpt$")
+_VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 
 
 def newest_last_checkpoint(root_dir: str | Path) -> tuple[str, Path] | None:
@@ -28,23 +36,24 @@ def newest_last_checkpoint(root_dir: str | Path) -> tuple[str, Path] | None:
     return version, path
 
 
-def continue_last_version(trainer: L.Trainer) -> Path | None:
-    """Point the trainer's logger (and so its checkpoint folder) at the version holding the newest last.ckpt.
+def continue_last_version(logger_config: Any) -> Path | None:
+    """Set a versioned logger's config (``trainer.logger`` as parsed: ``class_path`` + ``init_args``) to the
+    version holding the newest last.ckpt under its ``save_dir/name``; returns that checkpoint, or None.
 
-    Lightning looks for ``last.ckpt`` only in the *new* version's checkpoint folder, which a versioned
-    logger (TensorBoard, CSV) has just made up, so a plain ``--ckpt_path last`` would start afresh.
-    A logger given an explicit ``version`` is left alone. Returns the checkpoint found, or None.
+    A logger configured with an explicit ``version``, or not a TensorBoard/CSV logger, is left alone.
     """
-    logger = trainer.logger
-    if logger is None or getattr(logger, "_version", 0) is not None or not hasattr(logger, "root_dir"):
+    class_path = getattr(logger_config, "class_path", None) or ""
+    init_args = getattr(logger_config, "init_args", None)
+    if class_path.rsplit(".", 1)[-1] not in _VERSIONED_LOGGERS or init_args is None:
         return None
-    found = newest_last_checkpoint(logger.root_dir)
+    if init_args.get("version") is not None or not init_args.get("save_dir"):
+        return None
+    found = newest_last_checkpoint(Path(init_args["save_dir"]) / (init_args.get("name") or ""))
     if found is None:
         return None
     version, path = found
-    logger._version = int(version[len("version_"):]) if re.fullmatch(r"version_\d+", version) else version
-    purge_duplicate_steps(logger, path)
-    log.info("resuming %s, logging into %s", path, logger.log_dir)
+    init_args["version"] = int(version[len("version_"):]) if re.fullmatch(r"version_\d+", version) else version
+    log.info("resuming %s, logging into version %s", path, init_args["version"])
     return path
 
 
@@ -59,14 +68,17 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 
 def purge_duplicate_steps(logger: object, path: str | Path) -> None:
-    """Make a TensorBoard logger discard the events the killed run logged after the checkpoint.
+    """Make TensorBoard discard the events the killed run logged after the checkpoint.
 
     The run continues logging from the checkpoint's step into the same version, so the steps between
-    the checkpoint and the kill would appear twice. ``SummaryWriter(purge_step=s)`` writes a
-    ``SessionLog.START`` at ``s``, which TensorBoard's readers take as "drop earlier events at steps >= s".
+    the checkpoint and the kill would appear twice. A ``SummaryWriter(purge_step=s)`` opened (and closed)
+    in the log folder before the logger's own writes a ``SessionLog.START`` at ``s``, which TensorBoard's
+    readers take as "drop earlier events at steps >= s".
     """
-    if not isinstance(logger, TensorBoardLogger) or logger._experiment is not None:
+    if not isinstance(logger, TensorBoardLogger):
         return
     step = checkpoint_step(path)
     if step is not None:
-        logger._kwargs["purge_step"] = step
+        from torch.utils.tensorboard import SummaryWriter
+
+        SummaryWriter(logger.log_dir, purge_step=step).close()

@@ -263,9 +263,15 @@ def test_tar_members_without_a_key_are_counted_not_lost(tmp_path):
     assert dm.drops["bad_key"] == 2  # the ".." sample (2 members) and ".jpg"
 
 
-def test_a_bad_on_the_fly_governor_is_named_by_its_full_training_key(tmp_path):
+def test_a_bad_on_the_fly_governor_is_named_by_its_full_training_key(tmp_path, tiny_model_args):
+    import lightning as L
+
+    from lightning_juicer.models import JuicerCLIP
+
     urls = write_shards(tmp_path / "d", [8])
-    dm = JuicerDataModule(train_shards=urls, selection="topk", scores="on_the_fly", num_workers=0, data_spec=SPEC,
+    dm = JuicerDataModule(train_shards=urls, selection="topk", scores="on_the_fly", num_workers=0,
                           governor=GovernorConfig(name=str(tmp_path / "no_such_governor")))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^data.init_args.governor.name: "):
-        dm.setup("fit")
+        trainer.fit(JuicerCLIP(**tiny_model_args), dm)  # the model builds the governor in setup("fit")

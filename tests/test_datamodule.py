@@ -165,3 +165,29 @@ def test_too_few_shards_for_disjoint_reading_is_refused(messy_shards):
         dm.train_dataloader()
     dm.sampling = "resampled"
     assert len(dm.train_dataloader()) == 3
+
+
+def test_validate_without_held_out_shards_is_a_one_line_error(tiny_synthetic):
+    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, data_spec=SPEC)
+    for stage in ("validate", "test"):
+        with pytest.raises(ConfigError, match=rf"^data.init_args.val_shards: `{stage}` has no held-out shards"):
+            dm.setup(stage)
+    dm.setup("fit")  # training on real shards without validation stays allowed
+    assert dm.val_dataloader() == []
+
+
+def test_the_drop_ledger_refuses_unknown_reasons_merges_and_rate_limits_its_warnings(caplog):
+    from lightning_juicer.data.drops import DropCounter, DropLedger
+
+    with pytest.raises(ValueError, match="unknown drop reason 'corupt_image'"):
+        DropLedger()["corupt_image"] += 1
+    total = DropLedger.total([DropLedger(corrupt_image=2), {"corrupt_image": 1, "nonfinite_loss": 8, "nonfinite_scores": 3}])
+    assert total == {"corrupt_image": 3, "nonfinite_loss": 8, "nonfinite_scores": 3}
+    assert total.dropped == {"corrupt_image": 3, "nonfinite_loss": 8} and total.fallbacks == {"nonfinite_scores": 3}
+    counter = DropCounter()
+    with caplog.at_level("WARNING", logger="lightning_juicer.data.drops"):
+        for i in range(2500):
+            counter.drop("not_in_keep_list", f"k{i}")
+    assert counter.total["not_in_keep_list"] == 2500 and counter.take() == {"not_in_keep_list": 2500}
+    assert len(caplog.records) == 10 + 2  # the first ten, then at 100 and at 1,000 (not every 1,000th)
+    assert "dropped 1000 samples as not_in_keep_list" in caplog.records[-1].getMessage()

@@ -40,3 +40,15 @@ def test_a_tower_that_cannot_drop_patches_is_refused(tiny_model_args):
     args["model_config"]["vision_cfg"] = {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16}
     with pytest.raises(ConfigError, match="cannot drop patches"):
         JuicerCLIP(**args)
+
+
+def test_an_inline_config_registered_again_under_its_name_takes_effect(tiny_model_args):
+    args = copy.deepcopy(tiny_model_args)
+    args["model_name"] = "tiny-reregistered"
+    first = JuicerCLIP(**args)
+    args["model_config"]["embed_dim"] = 48
+    second = JuicerCLIP(**args)
+    assert first.model.text_projection.shape[1] == 96 and second.model.text_projection.shape[1] == 48
+    del args["model_config"]["embed_dim"]
+    with pytest.raises(ConfigError, match=r"^model.init_args.model_config: needs 'embed_dim'"):
+        JuicerCLIP(**args)

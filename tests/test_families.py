@@ -28,21 +28,21 @@ def make_batch(module: JuicerCLIP, size: int = 6, kept: int = 24, seed: int = 0)
 
 def test_the_family_follows_the_model_config_and_the_loss_override(tiny_model_args, tiny_coca_args):
     clip = JuicerCLIP(**tiny_model_args)
-    assert clip.family == "clip" and type(clip.train_loss) is ClipLoss and clip.model.logit_bias is None
+    assert clip.family.name == "clip" and type(clip.train_loss) is ClipLoss and clip.model.logit_bias is None
 
     siglip = JuicerCLIP(**tiny_model_args, loss="siglip")
-    assert siglip.family == "siglip" and isinstance(siglip.train_loss, SigLipLoss)
+    assert siglip.family.name == "siglip" and isinstance(siglip.train_loss, SigLipLoss)
     assert siglip.model.logit_bias.item() == -10.0
     assert siglip.model.logit_scale.item() == pytest.approx(math.log(10))
     assert siglip.model_cfg["init_logit_bias"] == -10.0  # recorded for export
 
     config = {**tiny_model_args["model_config"], "init_logit_bias": -5.0}  # a SigLIP config keeps its own bias
     from_config = JuicerCLIP(**{**tiny_model_args, "model_name": "tiny-sigmoid-cfg", "model_config": config})
-    assert from_config.family == "siglip" and from_config.model.logit_bias.item() == -5.0
+    assert from_config.family.name == "siglip" and from_config.model.logit_bias.item() == -5.0
     assert from_config.model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
 
     coca = JuicerCLIP(**tiny_coca_args)
-    assert coca.family == "coca" and isinstance(coca.train_loss, CoCaLoss)
+    assert coca.family.name == "coca" and isinstance(coca.train_loss, CoCaLoss)
     assert (coca.train_loss.caption_loss_weight, coca.train_loss.clip_loss_weight) == (2.0, 1.0)
 
 
@@ -72,7 +72,7 @@ def test_siglip_and_coca_train_their_extra_parameters_and_their_loss_falls(tiny_
             optimizer.step()
             history.append({name: value.item() for name, value in terms.items()})
         assert history[-1]["loss"] < 0.7 * history[0]["loss"], (module.family, history)
-        if module.family == "siglip":
+        if module.family.name == "siglip":
             assert module.model.logit_bias.item() != -10.0
         else:
             assert history[0]["loss"] == pytest.approx(history[0]["contrastive_loss"] + history[0]["caption_loss"])

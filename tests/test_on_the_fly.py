@@ -1,4 +1,5 @@
-"""On-the-fly selection: the DataModule scores batches with the frozen governor after transfer."""
+"""On-the-fly selection: the DataModule leaves `keep` empty and describes the selection; the LightningModule holds
+the frozen governor and fills `keep` in its training step."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.governor.online import GovernorConfig
 from lightning_juicer.selection import resample_scores, select_topk
+from lightning_juicer.models.governed import build_governor
 
 SPEC = DataSpec(image_size=64, patch_size=8, tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=16))
 
@@ -34,10 +36,12 @@ def test_topk_on_the_fly_matches_the_governor_scores_on_the_student_grid(tiny_sy
                           governor=GovernorConfig(name=str(governor_dir)), data_spec=SPEC)
     dm.setup("fit")
     raw = next(iter(dm.train_dataloader()))
-    assert raw["keep"] is None  # filled on the device, after transfer
-    batch = dm.on_after_batch_transfer(dict(raw), 0)
-    keep = batch["keep"]
-    assert keep.shape == (8, 16) and torch.equal(keep, keep.sort(dim=1).values)
+    assert raw["keep"] is None  # filled on the device, by the model's training step
+    assert dm.on_after_batch_transfer(dict(raw), 0)["keep"] is None
+    selection = dm.on_the_fly_selection
+    assert (selection.strategy, selection.keep_ratio, selection.governor.name) == ("topk", 0.25, str(governor_dir))
+    keep, fallbacks = build_governor(selection, SPEC)(raw["image"])
+    assert keep.shape == (8, 16) and torch.equal(keep, keep.sort(dim=1).values) and int(fallbacks) == 0
 
     scorer = load_governor(str(governor_dir))
     output = scorer(scorer.prepare(raw["image"], SPEC.mean, SPEC.std))
@@ -49,8 +53,9 @@ def test_topk_on_the_fly_matches_the_governor_scores_on_the_student_grid(tiny_sy
 def test_unknown_governor_fails_at_setup_naming_the_key(tiny_synthetic):
     dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, selection="topk",
                           governor=GovernorConfig(name="no_such_governor_xyz"), data_spec=SPEC)
-    with pytest.raises(Exception, match="governor.name"):
-        dm.setup("fit")
+    dm.setup("fit")
+    with pytest.raises(Exception, match=r"data\.init_args\.governor\.name"):
+        build_governor(dm.on_the_fly_selection, SPEC)  # what JuicerCLIP.setup("fit") does
 
 
 def test_training_on_the_fly_logs_kept_patch_pictures_with_evidence(tiny_synthetic, governor_dir, tiny_model_args, tmp_path):
@@ -68,10 +73,14 @@ def test_training_on_the_fly_logs_kept_patch_pictures_with_evidence(tiny_synthet
     trainer = L.Trainer(max_steps=4, logger=logger, callbacks=[KeptPatchPictures(every_n_steps=2), RunSummary()],
                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
     seen = []
-    original = dm.on_after_batch_transfer
-    dm.on_after_batch_transfer = lambda batch, idx: seen.append(original(batch, idx)) or seen[-1]
+
+    class Seen(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(batch["keep"].shape)  # the keep the training step trained on
+
+    trainer.callbacks.append(Seen())
     trainer.fit(model, datamodule=dm)
-    assert all(b["keep"].shape == (8, 32) for b in seen)
+    assert seen == [(8, 32)] * 4
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
     events.Reload()
     assert [e.step for e in events.Images("train/kept_patches")] == [1, 2, 4]  # the first step, then every 2

@@ -16,13 +16,14 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_juicer.callbacks import FullPatchPhase, RunSummary
-from lightning_juicer.callbacks.full_patch_phase import phase_start
+from lightning_juicer.callbacks import FullPatchPhase as RemovedFullPatchCallback
+from lightning_juicer.callbacks import RunSummary
 from lightning_juicer.data import JuicerDataModule
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.models import JuicerCLIP
 from lightning_juicer.models.guards import NonFiniteLossError
 from lightning_juicer.optim import warmup_cosine
+from lightning_juicer.models.phase import FullPatchPhase, phase_start
 from tests.conftest import QUICKSTART, REPO
 
 LR, WARMUP, MAX_STEPS, PHASE_STEPS, MULT = 2e-3, 4, 24, 8, 0.5
@@ -41,7 +42,7 @@ class KillAtStep(L.Callback):
 
 
 class Probe(L.Callback):
-    """Writes what the resumed run starts from, and each step's kept-patch count, to a JSON file."""
+    """Writes what the resumed run starts from, and the kept-patch count each step trained on, to a JSON file."""
 
     def __init__(self, out: str) -> None:
         self.out, self.record = out, {"keep": {}}
@@ -54,9 +55,9 @@ class Probe(L.Callback):
                            logit_scale=pl_module.model.logit_scale.item(), exp_avg=exp_avg.flatten()[:16].tolist(),
                            adam_step=float(optimizer.state_dict()["state"][0]["step"]))
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        keep = batch.get("keep")
-        self.record["keep"][str(trainer.global_step)] = None if keep is None else keep.shape[1]
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        keep = batch.get("keep")  # what the training step trained on (it writes it into the batch)
+        self.record["keep"][str(trainer.global_step - 1)] = None if keep is None else keep.shape[1]
 
     def on_train_end(self, trainer, pl_module) -> None:
         Path(self.out).write_text(json.dumps(self.record))
@@ -69,8 +70,6 @@ def run_cli(tmp_path: Path, synthetic_root: Path, extra_callback: dict, *extra: 
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"save_last": True, "every_n_train_steps": 10}},
         {"class_path": "lightning_juicer.callbacks.RunSummary"},
-        {"class_path": "lightning_juicer.callbacks.FullPatchPhase",
-         "init_args": {"steps": PHASE_STEPS, "lr_multiplier": MULT}},
         extra_callback,
     ]}}
     override = tmp_path / "callbacks.yaml"
@@ -83,7 +82,8 @@ def run_cli(tmp_path: Path, synthetic_root: Path, extra_callback: dict, *extra: 
         "--trainer.enable_progress_bar", "false",
         "--data.init_args.synthetic.root", str(synthetic_root), "--data.init_args.batch_size", "16",
         "--data.init_args.num_workers", "1", "--model.init_args.lr", str(LR),
-        "--model.init_args.warmup_steps", str(WARMUP), *extra,
+        "--model.init_args.warmup_steps", str(WARMUP), "--model.init_args.full_patch_steps", str(PHASE_STEPS),
+        "--model.init_args.full_patch_lr_multiplier", str(MULT), *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -159,14 +159,20 @@ def test_phase_boundary_and_config_errors():
     assert phase_start(1000, None, 0.08) == 920
     assert phase_start(1000, 20, None) == 980
     assert phase_start(10, 50, None) == 0
-    with pytest.raises(ConfigError, match=r"FullPatchPhase\].init_args: give exactly one"):
+    with pytest.raises(ConfigError, match=r"model.init_args.full_patch_steps / model.init_args.full_patch_fraction: give exactly one"):
         FullPatchPhase()
-    with pytest.raises(ConfigError, match=r"init_args: give exactly one"):
+    with pytest.raises(ConfigError, match=r"full_patch_fraction: give exactly one"):
         FullPatchPhase(steps=3, fraction=0.1)
-    with pytest.raises(ConfigError, match=r"init_args.fraction: 1.5"):
+    with pytest.raises(ConfigError, match=r"init_args.full_patch_fraction: 1.5"):
         FullPatchPhase(fraction=1.5)
-    with pytest.raises(ConfigError, match=r"init_args.lr_multiplier"):
+    with pytest.raises(ConfigError, match=r"init_args.full_patch_lr_multiplier"):
         FullPatchPhase(steps=3, lr_multiplier=0.0)
+    with pytest.raises(ConfigError, match=r"init_args.full_patch_lr_multiplier: set .*full_patch_steps"):
+        JuicerCLIP(model_name="ViT-B-16", full_patch_lr_multiplier=0.5)
+    # A config still naming the old callback is told where the phase went.
+    with pytest.raises(ConfigError, match=r"FullPatchPhase\]: .*model.init_args.full_patch_steps 8 and "
+                                          r"model.init_args.full_patch_lr_multiplier 0.5"):
+        RemovedFullPatchCallback(steps=8, lr_multiplier=0.5)
 
 
 class PoisonAt(L.Callback):
@@ -205,7 +211,8 @@ def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(tmp_path, tiny_synt
     before = {k: v.clone() for k, v in module.state_dict().items()}
     trainer.fit(module, dm)
     assert trainer.global_step == 6
-    assert dm.drops["nonfinite_loss"] == 16  # two batches of 8
+    assert module.drops["nonfinite_loss"] == 16  # two batches of 8 (counted by the module, not written into dm)
+    assert "nonfinite_loss" not in dm.drops
     assert all(torch.isfinite(v).all() for v in module.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -215,3 +222,19 @@ def test_nonfinite_loss_skip_counts_and_keeps_weights_finite(tmp_path, tiny_synt
 def test_nonfinite_policy_is_checked():
     with pytest.raises(ConfigError, match=r"model.init_args.nonfinite_loss: 'ignore'"):
         JuicerCLIP(model_name="ViT-B-16", nonfinite_loss="ignore")
+
+
+def test_last_ckpt_is_the_final_state_and_redirected_logs_get_progress_lines(tmp_path, tiny_synthetic,
+                                                                             tiny_model_args, capsys):
+    # every_n_train_steps=4 of 6 with validation configured: Lightning alone leaves last.ckpt at step 4.
+    module = JuicerCLIP(**{**tiny_model_args, "warmup_steps": 1})
+    dm = JuicerDataModule(train_shards=tiny_synthetic.train_shards, val_shards=tiny_synthetic.val_shards, batch_size=8,
+                          num_workers=0, shuffle_buffer=0, selection="random", keep_ratio=0.5)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
+    trainer = L.Trainer(max_steps=6, logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
+                        limit_val_batches=1, enable_model_summary=False,
+                        callbacks=[checkpoint, RunSummary(progress_every_n_steps=2)])
+    trainer.fit(module, dm)
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
+    out = capsys.readouterr().out  # pytest's captured stderr is not a terminal, like a redirected log
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == ["2/6", "4/6", "6/6"]

@@ -95,7 +95,7 @@ def test_training_steps_make_no_host_reads(tmp_path, tiny_synthetic, tiny_model_
     assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
     assert all(torch.isfinite(v).all() for v in module.state_dict().values())
     # the poisoned step was skipped on the device and counted at the end-of-training check
-    assert dm.drops["nonfinite_loss"] == 8
+    assert module.drops["nonfinite_loss"] == 8
     # the throughput callback still measures: images/s and image tokens/s (CLS + 32 of 64 patches)
     rates = throughput.throughput.compute()
     assert rates["samples"] == 48 and rates["device/samples_per_sec"] > 0

@@ -38,7 +38,9 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.atomic import atomic_write_text
 from lightning_juicer.evaluation.common import SampleKeep, ScoreKeep, eval_loader, eval_mode
 from lightning_juicer.evaluation.zeroshot import EvalResult
+from lightning_juicer.data.datamodule import JuicerDataModule
 from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.models.module import JuicerCLIP
 from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
 from lightning_juicer.selection import SelectionStrategy, build_strategy
 
@@ -146,15 +148,14 @@ class EvaluationCallback(L.Callback):
             return
         self.spec = pl_module.data_spec()
         self.dataset = self.build_dataset(trainer, self.spec.image_transform())
-        if self.strategy.needs != "nothing" and not self.strategy.keeps_all(self.keep_ratio) and self.selector is None:
-            self.selector = self._score_selector(trainer)
 
     def _score_selector(self, trainer: L.Trainer) -> OnlineSelector:
         """Governor scoring for topk/stratified eval: ``governor``, else the DataModule's (sharing its loaded model)."""
-        datamodule = trainer.datamodule
-        governor = self.governor or getattr(datamodule, "governor", None) or GovernorConfig()
-        online = getattr(datamodule, "online_selector", None)
-        if online is not None and getattr(datamodule, "governor", None) == governor:
+        datamodule, module = trainer.datamodule, trainer.lightning_module
+        train_governor = datamodule.governor if isinstance(datamodule, JuicerDataModule) else None
+        governor = self.governor or train_governor or GovernorConfig()
+        online = module.online_selector if isinstance(module, JuicerCLIP) else None
+        if online is not None and train_governor == governor:
             scorer = online.scorer
         else:
             scorer = load_governor(governor.name, governor.pretrained)
@@ -167,6 +168,8 @@ class EvaluationCallback(L.Callback):
         start = time.perf_counter()
         loader = eval_loader(self.dataset, self.spec.image_size, self.batch_size, self.num_workers,
                              trainer.global_rank, trainer.world_size)
+        if self.strategy.needs != "nothing" and not self.strategy.keeps_all(self.keep_ratio) and self.selector is None:
+            self.selector = self._score_selector(trainer)  # here, not in setup: the model builds its governor after us
         if self.selector is not None:
             keep = ScoreKeep(self.selector.to(pl_module.device), self.spec.num_patches, self.seed)
         else:

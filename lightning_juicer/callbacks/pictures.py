@@ -38,7 +38,7 @@ class KeptPatchPictures(L.Callback):
         self._no_head = False
 
     def _evidence(self, trainer, images: torch.Tensor) -> list[str] | None:
-        selector = getattr(trainer.datamodule, "online_selector", None)
+        selector = getattr(trainer.lightning_module, "online_selector", None)  # held by JuicerCLIP
         if selector is None:
             return None
         if self._no_head:

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 import lightning as L
-import torch
 
-from lightning_juicer.data.drops import DropCounter, merge_drops
+from lightning_juicer.data.drops import DropCounter, DropLedger, merge_drops
 from lightning_juicer.data.pipeline import SAMPLING_MODES, batches_per_epoch, build_loader
 from lightning_juicer.data.samples import CAPTION_SOURCES, BatchCollator, SampleDecoder
 from lightning_juicer.data.sidecars import SIDECAR_KEY, SidecarJoin
 from lightning_juicer.io.shards import count_samples, expand_shards, shard_sizes
-from lightning_juicer.data.spec import DataSpec
+from lightning_juicer.data.spec import DataSpec, DataSpecProvider, OnTheFlySelection
 from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
-from lightning_juicer.errors import ConfigError, rekeyed
-from lightning_juicer.governor.loading import load_governor
+from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.sidecar import check_sidecars, sidecar_path
-from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
+from lightning_juicer.governor.online import GovernorConfig
 from lightning_juicer.selection import SelectionStrategy, build_strategy
 from lightning_juicer.io.keeplist import KeepFilter, check_keep_list, read_keep_list
 
@@ -50,8 +47,8 @@ class JuicerDataModule(L.LightningDataModule):
             (Random*), ``full``) or a ``class_path``/``init_args`` instance with its settings.
         keep_ratio: fraction r of patches kept per image, in (0, 1].
         scores: where a strategy that needs scores gets them: ``on_the_fly`` (the frozen governor
-            scores each batch on the accelerator after transfer) or ``sidecar`` (precomputed; not for
-            strategies that need patch features).
+            scores each batch on the accelerator, held and run by the LightningModule: see
+            ``on_the_fly_selection``) or ``sidecar`` (precomputed; not for strategies that need patch features).
         governor: the frozen governor for on-the-fly scoring (and the one sidecars must come from).
         sidecar_dir: folder of the ``<shard>.juice.parquet`` sidecars (default: next to each shard).
         missing_sidecar: a sample with no sidecar entry gets ``random`` patches or is skipped
@@ -130,9 +127,6 @@ class JuicerDataModule(L.LightningDataModule):
         self.keep_ratio = keep_ratio
         self.scores = scores
         self.governor = governor or GovernorConfig()
-        self.online_selector: OnlineSelector | None = None
-        self._device_fallbacks = None  # on-the-fly fallback count on the device, folded by settle_counts
-        self.full_patches_from_step: int | None = None  # set by callbacks.FullPatchPhase
         self.sidecar_dir = sidecar_dir
         self.missing_sidecar = missing_sidecar
         self.captions = captions
@@ -140,7 +134,7 @@ class JuicerDataModule(L.LightningDataModule):
         self.eval_keep_ratio = eval_keep_ratio
         self.seed = seed
         self.data_spec = data_spec
-        self.drops: Counter[str] = Counter()
+        self.drops = DropLedger()  # this DataModule's own: the workers' counts, merged after transfer
         self.keep_list = keep_list
         self._keep: KeepFilter | None = None
 
@@ -161,6 +155,9 @@ class JuicerDataModule(L.LightningDataModule):
             self.train_urls = expand_shards(paths.train_shards, "data.init_args.synthetic.root")
             if self.val_urls is None:
                 self.val_urls = expand_shards(paths.val_shards, "data.init_args.synthetic.root")
+        if stage in ("validate", "test") and not self.val_urls:
+            raise ConfigError(f"data.init_args.val_shards: `{stage}` has no held-out shards to evaluate on; set "
+                              "data.init_args.val_shards")
         if self.keep_list and self._keep is None:
             keep = read_keep_list(self.keep_list)
             kept = check_keep_list(keep, self.train_urls)
@@ -180,19 +177,10 @@ class JuicerDataModule(L.LightningDataModule):
         if self.val_urls is not None and self.val_num_samples is None:
             self.val_num_samples = count_samples(self.val_urls) or 0
         if self.data_spec is None:
-            if self.trainer is None or not hasattr(self.trainer.lightning_module, "data_spec"):
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            if not isinstance(module, DataSpecProvider):
                 raise ConfigError("JuicerDataModule needs data_spec= when used without a Juicer LightningModule")
-            self.data_spec = self.trainer.lightning_module.data_spec()
-        if self.selects_on_the_fly and self.online_selector is None:
-            spec = self.data_spec
-            try:
-                scorer = load_governor(self.governor.name, self.governor.pretrained)
-            except ConfigError as e:
-                raise rekeyed(e, "governor.", "data.init_args.governor.") from e
-            self.online_selector = OnlineSelector(scorer, self.strategy, self.keep_ratio, spec.grid, spec.mean,
-                                                  spec.std)
-            log.info("on-the-fly %s selection at r=%s with governor %s", self.strategy, self.keep_ratio, self.governor.name)
-
+            self.data_spec = module.data_spec()
         if self.selects_from_sidecars or self.captions != "original":
             self._check_sidecars()
 
@@ -227,6 +215,16 @@ class JuicerDataModule(L.LightningDataModule):
         """True when the governor scores training batches on the device after transfer."""
         return (self.strategy.needs != "nothing" and self.scores == "on_the_fly"
                 and not self.strategy.keeps_all(self.keep_ratio))
+
+    @property
+    def on_the_fly_selection(self) -> OnTheFlySelection | None:
+        """What the LightningModule must select on the device for training batches (None: the batches are complete).
+
+        Read-only: the model builds and holds the frozen governor from it (``models/governed.py``).
+        """
+        if not self.selects_on_the_fly:
+            return None
+        return OnTheFlySelection(self.strategy, self.keep_ratio, self.governor)
 
     def _loader(self, urls: list[str], num_samples: int, selection: str, keep_ratio: float, key: str, train: bool):
         from_sidecars = train and self.selects_from_sidecars
@@ -289,43 +287,15 @@ class JuicerDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Take the workers' drop counts out of the batch and, on the fly, select patches on the device.
-
-        From ``full_patches_from_step`` on (the full-patch tuning phase) training batches keep all
-        patches, whatever the selection mode.
-        """
-        if not isinstance(batch, dict):
-            return batch
-        merge_drops(self.drops, batch)
-        training = self.trainer is None or self.trainer.training
-        if training and self.in_full_patch_phase:
-            batch["keep"] = None
-        elif self.online_selector is not None and training:
-            # Interim placement (the selector no longer moves itself): h-model's redesign lets Lightning place it.
-            batch["keep"], fallbacks = self.online_selector.to(batch["image"].device)(batch["image"])
-            if torch.is_tensor(fallbacks):  # counted on the device; read by settle_counts (no sync per step)
-                self._device_fallbacks = fallbacks if self._device_fallbacks is None else self._device_fallbacks + fallbacks
-            elif fallbacks:
-                self.drops["nonfinite_scores"] += fallbacks
+        """Take the workers' drop counts out of the batch into this DataModule's ledger."""
+        if isinstance(batch, dict):
+            merge_drops(self.drops, batch)
         return batch
-
-    def settle_counts(self) -> Counter:
-        """Fold the counts kept on the device (on-the-fly random fallbacks) into ``drops``; one sync. Returns ``drops``."""
-        pending, self._device_fallbacks = self._device_fallbacks, None
-        if pending is not None and (count := int(pending)):
-            self.drops["nonfinite_scores"] += count
-        return self.drops
-
-    @property
-    def in_full_patch_phase(self) -> bool:
-        """True once the trainer reached ``full_patches_from_step`` (derived from global_step, so resume-safe)."""
-        start = self.full_patches_from_step
-        return start is not None and self.trainer is not None and self.trainer.global_step >= start
 
     def state_dict(self) -> dict[str, Any]:
         """Drop totals survive checkpoint/resume."""
-        return {"drops": dict(self.settle_counts())}
+        return {"drops": dict(self.drops)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore drop totals from a checkpoint."""
-        self.drops = Counter(state_dict.get("drops", {}))
+        """Restore drop totals from a checkpoint (an older one may hold the model's reasons too: the run total stays right)."""
+        self.drops = DropLedger(state_dict.get("drops", {}))

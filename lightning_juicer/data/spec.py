@@ -1,9 +1,10 @@
-"""What the data pipeline needs to know about the model: input size, patch grid, normalisation, tokenizer."""
+"""What the data pipeline and the model tell each other, read-only: the model's input geometry, normalisation and
+tokenizer (``DataSpec``), and the on-the-fly selection the data asks the model to run (``OnTheFlySelection``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import open_clip
 
@@ -45,3 +46,37 @@ class DataSpec:
             interpolation=self.interpolation,
             resize_mode=self.resize_mode,
         )
+
+
+@runtime_checkable
+class DataSpecProvider(Protocol):
+    """A LightningModule that tells the DataModule its input geometry, normalisation and tokenizer."""
+
+    def data_spec(self) -> DataSpec: ...
+
+
+@runtime_checkable
+class OnTheFlySource(Protocol):
+    """A DataModule that may leave the selection of training patches to the model (``JuicerDataModule``)."""
+
+    @property
+    def on_the_fly_selection(self) -> OnTheFlySelection | None: ...
+
+
+@dataclass(frozen=True)
+class OnTheFlySelection:
+    """The selection the DataModule leaves to the model: score each training batch with the frozen governor.
+
+    The DataModule yields those batches with ``keep`` None; the LightningModule builds the governor from
+    this description, holds it (frozen, out of checkpoints) and fills ``keep`` inside its training step,
+    under the trainer's device placement and precision.
+
+    Attributes:
+        strategy: the selection strategy (``data.init_args.selection``).
+        keep_ratio: fraction of patches kept (``data.init_args.keep_ratio``).
+        governor: which governor scores the patches (``data.init_args.governor``).
+    """
+
+    strategy: Any
+    keep_ratio: float
+    governor: Any

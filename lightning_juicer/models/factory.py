@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import copy
+import json
 import os
+import re
+import tempfile
 from typing import Any
 
 import open_clip
-import open_clip.factory
 import torch
 from open_clip.coca_model import CoCa
 from open_clip.factory import parse_model_name
@@ -16,11 +17,24 @@ from open_clip.transformer import MultimodalTransformer
 from lightning_juicer.errors import ConfigError
 
 
+_INLINE_CONFIGS = tempfile.TemporaryDirectory(prefix="juicer-model-configs-")  # removed at interpreter exit
+
+
 def register_model_config(name: str, config: dict[str, Any]) -> None:
-    """Make an inline model config resolvable by name for create_model and get_tokenizer."""
-    if "vision_cfg" not in config or "text_cfg" not in config:
+    """Make an inline model config resolvable by name for create_model and get_tokenizer.
+
+    Uses open_clip's public ``add_model_config``: the config is written as ``<name>.json`` into this
+    process's folder of inline configs and open_clip rescans its config paths.
+    """
+    if not all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg")):  # what open_clip's rescan keeps
         raise ConfigError("model.init_args.model_config: needs 'embed_dim', 'vision_cfg' and 'text_cfg' like open_clip's JSON configs")
-    open_clip.factory._MODEL_CONFIGS[name] = copy.deepcopy(dict(config))  # looked up at call time: add_model_config rebinds it
+    if not re.fullmatch(r"[\w.+-]+", name):
+        raise ConfigError(f"model.init_args.model_name: {name!r} cannot name an inline model_config (use letters, "
+                          "digits and . _ + - only)")
+    path = os.path.join(_INLINE_CONFIGS.name, f"{name}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    open_clip.add_model_config(path)
 
 
 def check_pretrained(model_name: str, pretrained: str | None) -> None:

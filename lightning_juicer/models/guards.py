@@ -7,7 +7,8 @@ gradients and all ranks decide alike with no extra collective) and hands the fus
 untouched), the way ``torch.amp.GradScaler`` skips overflowing steps. Nothing is read on the host until
 a check, every ``check_every`` steps and at the end of training / before a checkpoint: one sync for N
 steps. Then ``raise`` stops the run naming the first bad step, its loss and the batch's sample keys, and
-``skip`` logs the skipped steps and counts their samples as ``nonfinite_loss`` drops.
+``skip`` logs the skipped steps and counts their samples as ``nonfinite_loss`` drops (in the ledger the
+module hands it).
 
 Trade-off: ``raise`` stops up to N - 1 steps after the bad one (the bad step and any later bad one were
 skipped, so the weights stay finite); a step whose loss is finite but whose gradients are not is skipped
@@ -22,6 +23,8 @@ from typing import NamedTuple
 
 import lightning as L
 import torch
+
+from lightning_juicer.data.drops import DropLedger
 
 NONFINITE_POLICIES = ("raise", "skip")
 SHOWN_KEYS = 32
@@ -49,10 +52,11 @@ def fused_skip(optimizer: torch.optim.Optimizer) -> bool:
 
 
 class LossGuard:
-    """Per-run state of the guard (held by the LightningModule)."""
+    """Per-run state of the guard (held by the LightningModule, counting into the module's drop ledger)."""
 
-    def __init__(self, policy: str, check_every: int = 100) -> None:
+    def __init__(self, policy: str, check_every: int = 100, drops: DropLedger | None = None) -> None:
         self.policy = policy
+        self.drops = DropLedger() if drops is None else drops
         self.check_every = max(1, int(check_every))
         self.pending: list[_Step] = []
         self.bad_loss: torch.Tensor | None = None  # OR over the micro-batches of the current optimizer step
@@ -113,6 +117,4 @@ class LossGuard:
                 f"non-finite {what} {where}; set model.init_args.nonfinite_loss skip to skip such batches (counted)"
             )
         log.warning("skipped the batch: non-finite %s %s", what, where)
-        drops = getattr(module.trainer.datamodule, "drops", None)
-        if drops is not None:
-            drops["nonfinite_loss"] += s.size
+        self.drops["nonfinite_loss"] += s.size
