@@ -39,7 +39,7 @@ def test_topk_on_the_fly_matches_the_governor_scores_on_the_student_grid(tiny_sy
     assert raw["keep"] is None  # filled on the device, by the model's training step
     assert dm.on_after_batch_transfer(dict(raw), 0)["keep"] is None
     selection = dm.on_the_fly_selection
-    assert (selection.strategy, selection.keep_ratio, selection.governor.name) == ("topk", 0.25, str(governor_dir))
+    assert (selection.strategy.name, selection.keep_ratio, selection.governor.name) == ("topk", 0.25, str(governor_dir))
     keep, fallbacks = build_governor(selection, SPEC)(raw["image"])
     assert keep.shape == (8, 16) and torch.equal(keep, keep.sort(dim=1).values) and int(fallbacks) == 0
 
