@@ -145,8 +145,8 @@ def test_preprocess_commands_fail_in_one_line(files, tmp_path, tiny_synthetic, s
 
 
 def test_the_sieve_checks_its_output_folder_before_reading_anything(files, tmp_path):
-    result = _command("preprocess/sieve.py", "--config", "configs/preprocess/sieve.yaml", "sieve=random",
-                      f"embeddings={tmp_path}/missing.emb.parquet", f"out={files}/a_file/keep.json")
+    result = _command("preprocess/sieve.py", "--config", "configs/preprocess/sieve.yaml", "--sieve", "random",
+                      "--embeddings", f"{tmp_path}/missing.emb.parquet", "--out", f"{files}/a_file/keep.json")
     _assert_one_line(result, f"out: {files / 'a_file'} is a file, not a folder")
 
 

@@ -1,0 +1,46 @@
+"""``python -m lightning_juicer sieve --config configs/preprocess/sieve.yaml --sieve semdedup ...``: the sieve command.
+
+    python -m lightning_juicer sieve --config configs/preprocess/sieve.yaml --sieve semdedup \\
+        --sieve.init_args.clusters 50 --fraction 0.5 \\
+        --embeddings 'data/synthetic/train/{00000..00007}.emb.parquet' --out data/keep/semdedup.json
+    python -m lightning_juicer sieve --sieve random --shards 'data/train/{00000..00007}.tar' --out keep.json
+    python -m lightning_juicer sieve --config configs/preprocess/sieve.yaml --sieve d4 --print_config
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_juicer.sieves.run import KEY, resolve_short_names, run_sieve, settings_parser, to_settings
+
+
+def summary(info: dict) -> str:
+    """One line per fact of the keep list written."""
+    counts = ", ".join(f"{k}={v}" for k, v in info["counts"].items()) or "none"
+    return (f"sieve:   {info['sieve']} {info['params']}\n"
+            f"kept:    {info['num_kept']} of {info['num_candidates']} ({info['achieved_fraction']:.4f}, "
+            f"target {info['target_fraction']})\ncounts:  {counts}\nkeep list: {info['out']}")
+
+
+def short_name_args(argv: list[str]) -> list[str]:
+    """``--sieve semdedup`` / ``--sieve=semdedup`` / ``--sieve.class_path semdedup`` -> the sieve's class path."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        flag, sep, value = arg.partition("=")
+        if flag not in (f"--{KEY}", f"--{KEY}.class_path"):
+            continue
+        if sep:
+            resolved = resolve_short_names(value)
+            out[i] = f"{flag}={resolved['class_path']}" if isinstance(resolved, dict) else arg
+        elif i + 1 < len(out):
+            resolved = resolve_short_names(out[i + 1])
+            out[i + 1] = resolved["class_path"] if isinstance(resolved, dict) else out[i + 1]
+    return out
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """Parse the command line (``--config``, ``--print_config``), run the sieve, print and return its summary."""
+    parser = settings_parser()
+    info = run_sieve(to_settings({}, parser, short_name_args(argv)))
+    print(summary(info))
+    return info
