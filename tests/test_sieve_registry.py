@@ -148,3 +148,22 @@ def test_random_from_shards_counts_keys_without_an_image(tmp_path):
     (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(ConfigError, match="^shards: .*bad.tar cannot be read as a tar shard"):
         run_sieve({"sieve": "random", "shards": str(tmp_path / "bad.tar"), "out": str(tmp_path / "k2.json")})
+
+
+def test_unit_rows_are_not_copied_again_and_other_rows_are_normalised_once(monkeypatch):
+    from lightning_juicer.sieves import neighbors
+
+    monkeypatch.setattr(neighbors, "NORM_BLOCK", 7)  # several blocks
+    raw = np.random.default_rng(0).normal(size=(30, 5)).astype(np.float32)
+    raw[4] = 0.0
+    unit = neighbors.normalise(raw)
+    assert unit is not raw and unit.dtype == np.float32 and not unit[4].any()
+    np.testing.assert_allclose(np.linalg.norm(np.delete(unit, 4, axis=0), axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(unit, raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12), atol=1e-7)
+    assert neighbors.normalise(unit) is unit  # the sieve runner normalises once; the algorithms then copy nothing
+    half = neighbors.normalise(raw.astype(np.float16))
+    assert half.dtype == np.float32 and np.abs(half - unit).max() < 2e-3
+    own = raw.copy()
+    assert neighbors.normalise_(own) is own and np.array_equal(own, unit)
+    with pytest.raises(ValueError, match="float32"):
+        neighbors.normalise_(raw.astype(np.float16))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -41,14 +40,19 @@ class Kept(NamedTuple):
 
 @dataclass
 class Candidates:
-    """The rows a sieve chooses among: the embedding columns it ``needs`` (row-aligned) and their metadata."""
+    """The rows a sieve chooses among: the embedding columns it ``needs`` (row-aligned, float32, each row
+    L2-normalised: the sieve runner normalises them once, in place) and their metadata."""
 
     count: int
-    arrays: Mapping[str, np.ndarray]
+    arrays: dict[str, np.ndarray]
     temperature: float | None = None  # the reference model's (embeddings pass), for negCLIPLoss
 
     def __len__(self) -> int:
         return self.count
+
+    def release(self, name: str) -> np.ndarray:
+        """Take a column out (the sieve is done with it): its memory is freed once the sieve drops it too."""
+        return self.arrays.pop(name)
 
 
 class Sieve(ABC):

@@ -59,13 +59,13 @@ class D2(OnEmbedding):
     knn: int = 10  # neighbours in the kNN graph
     gamma_forward: float = 1.0  # forward message weight exp(-gamma_forward * distance)
     gamma_reverse: float = 1.0  # reverse (down-weighting) message weight
+    nprobe: int = 8  # IVF lists searched per row, above neighbors.EXACT_KNN_MAX rows (recall vs time)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        at_least(self, 1, "knn")
+        at_least(self, 1, "knn", "nprobe")
 
     def keep(self, candidates: Candidates, n_keep: int, seed: int) -> Kept:
-        arrays = candidates.arrays
-        difficulty = 1.0 - clip_score(arrays["image"], arrays["text"])
-        return d2_prune(arrays[self.embedding], difficulty, n_keep, self.knn, self.gamma_forward, self.gamma_reverse,
-                        self.gpu)
+        difficulty = 1.0 - clip_score(candidates.arrays["image"], candidates.release("text"))
+        return d2_prune(candidates.arrays[self.embedding], difficulty, n_keep, self.knn, self.gamma_forward,
+                        self.gamma_reverse, self.gpu, self.nprobe)

@@ -21,6 +21,7 @@ from lightning_juicer.errors import ConfigError, find_config_error
 from lightning_juicer.io.keeplist import check_fraction, write_keep_list
 from lightning_juicer.outputs import check_writable
 from lightning_juicer.sieves.base import KEY, SIEVES, Candidates, Kept, Sieve
+from lightning_juicer.sieves.neighbors import normalise, normalise_
 from lightning_juicer.sieves.samples import degenerate, read_samples
 from lightning_juicer.usage import OneLineArgumentParser
 
@@ -112,11 +113,20 @@ def to_settings(cfg: SieveRun | Mapping[str, Any], parser: OneLineArgumentParser
     return cfg
 
 
-def candidates_of(arrays: Mapping[str, np.ndarray], rows: np.ndarray, columns: tuple[str, ...],
+def candidates_of(arrays: dict[str, np.ndarray], rows: np.ndarray, columns: tuple[str, ...],
                   temperature: float | None) -> Candidates:
-    """The needed columns at ``rows`` (the arrays themselves, no copy, when every row is a candidate)."""
+    """The needed columns at ``rows``, L2-normalised in place; takes the arrays out of ``arrays``.
+
+    When every row is a candidate the arrays themselves are used (no copy); ``arrays`` is emptied so
+    that the candidates hold the only reference (a sieve may ``release`` a column it is done with).
+    """
     every = len(rows) == len(next(iter(arrays.values()), rows))
-    picked = {name: arrays[name] if every else arrays[name][rows] for name in columns}
+    picked = {}
+    for name in columns:
+        values = arrays[name] if every else arrays[name][rows]
+        writable = values.dtype == np.float32 and values.flags.c_contiguous and values.flags.writeable
+        picked[name] = normalise_(values) if writable else normalise(values)
+    arrays.clear()
     return Candidates(len(rows), picked, temperature)
 
 
