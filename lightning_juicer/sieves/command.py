@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_juicer.sieves.run import KEY, resolve_short_names, run_sieve, settings_parser, to_settings
+from lightning_juicer.sieves.run import run_sieve
+from lightning_juicer.sieves.settings import settings_parser, to_settings
 
 
 def summary(info: dict) -> str:
@@ -22,25 +23,9 @@ def summary(info: dict) -> str:
             f"target {info['target_fraction']})\ncounts:  {counts}\nkeep list: {info['out']}")
 
 
-def short_name_args(argv: list[str]) -> list[str]:
-    """``--sieve semdedup`` / ``--sieve=semdedup`` / ``--sieve.class_path semdedup`` -> the sieve's class path."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        flag, sep, value = arg.partition("=")
-        if flag not in (f"--{KEY}", f"--{KEY}.class_path"):
-            continue
-        if sep:
-            resolved = resolve_short_names(value)
-            out[i] = f"{flag}={resolved['class_path']}" if isinstance(resolved, dict) else arg
-        elif i + 1 < len(out):
-            resolved = resolve_short_names(out[i + 1])
-            out[i + 1] = resolved["class_path"] if isinstance(resolved, dict) else out[i + 1]
-    return out
-
-
 def main(argv: list[str]) -> dict[str, Any]:
     """Parse the command line (``--config``, ``--print_config``), run the sieve, print and return its summary."""
     parser = settings_parser()
-    info = run_sieve(to_settings({}, parser, short_name_args(argv)))
+    info = run_sieve(to_settings({}, parser, argv))
     print(summary(info))
     return info
