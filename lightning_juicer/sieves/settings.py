@@ -64,11 +64,11 @@ def resolve_short_names(value: Any) -> Any:
 
 
 def short_name_args(argv: list[str]) -> list[str]:
-    """``--sieve semdedup`` / ``--sieve=semdedup`` / ``--sieve.class_path semdedup`` -> the sieve's class path."""
+    """``--sieve semdedup`` / ``--sieve=semdedup`` / ``--sieve.class_path`` / ``--sieve.help`` -> the class path."""
     out = list(argv)
     for i, arg in enumerate(out):
         flag, sep, value = arg.partition("=")
-        if flag not in (f"--{KEY}", f"--{KEY}.class_path"):
+        if flag not in (f"--{KEY}", f"--{KEY}.class_path", f"--{KEY}.help"):
             continue
         if sep:
             resolved = resolve_short_names(value)
@@ -90,9 +90,10 @@ def _load_config(text: str) -> Any:
 set_loader(PARSER_MODE, _load_config, (yaml.YAMLError,))
 
 
-def settings_parser(prog: str = "python -m lightning_juicer sieve") -> OneLineArgumentParser:
+def settings_parser(prog: str = "python -m lightning_juicer sieve", description: str | None = None
+                    ) -> OneLineArgumentParser:
     """``--config``, ``--print_config`` and the fields of ``SieveRun`` (the sieve's parameters nested under it)."""
-    parser = OneLineArgumentParser(prog=prog, description=__doc__, parser_mode=PARSER_MODE)
+    parser = OneLineArgumentParser(prog=prog, description=description, parser_mode=PARSER_MODE)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config (repeatable; later wins)")
     parser.add_class_arguments(SieveRun, fail_untyped=True, sub_configs=True)
     return parser
