@@ -72,6 +72,19 @@ def test_short_names_class_paths_and_print_config(capsys):
     assert "class_path: lightning_juicer.sieves.semdedup.SemDeDup" in printed and "clusters: 50" in printed
     assert "eps: null" in printed and "fraction: 0.5" in printed
     assert SIEVES.build("semdedup") == SemDeDup() and SIEVES.get("random") is Random
+
+
+@pytest.mark.parametrize("yaml_sieve, expected", [
+    ("d4", "class_path: lightning_juicer.sieves.d4.D4"),
+    ("{class_path: cluster, init_args: {clusters: 7}}", "clusters: 7"),
+    ("Cluster", "class_path: lightning_juicer.sieves.cluster.Cluster"),
+])
+def test_a_config_file_names_the_sieve_by_short_name_or_class(tmp_path, capsys, yaml_sieve, expected):
+    (tmp_path / "sieve.yaml").write_text(f"sieve: {yaml_sieve}\nfraction: 0.25\n")
+    with pytest.raises(SystemExit):
+        main(["--config", CONFIG, "--config", str(tmp_path / "sieve.yaml"), "--print_config"])
+    printed = capsys.readouterr().out
+    assert expected in printed and "fraction: 0.25" in printed and "niter: 20" in printed
     assert set(SIEVES) >= {"random", "clip_score", "cluster", "semdedup", "d4", "neg_clip_loss", "norm_sim", "d2"}
 
 
