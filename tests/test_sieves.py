@@ -219,7 +219,7 @@ def test_embeddings_pass_writes_the_reference_and_governor_embeddings_per_shard(
         run_embeddings_pass({**cfg, "governor": {"name": None}})
 
 
-@pytest.mark.parametrize("sieve", sorted(SIEVES))
+@pytest.mark.parametrize("sieve", sorted(n for n in SIEVES if SIEVES.get(n).__module__.startswith("lightning_juicer.")))
 def test_every_sieve_writes_a_keep_list_at_the_target_fraction(embedded, tmp_path, sieve):
     _, _, out = embedded
     files = str(out / "{00000..00003}.emb.parquet")
