@@ -93,10 +93,15 @@ def at_least(owner: Any, minimum: int, *names: str) -> None:
 
 @dataclass
 class OnEmbedding(Sieve, ABC):
-    """Base of the sieves that work on one embedding column of the user's choice, with faiss (CPU or GPU)."""
+    """Base of the sieves that work on one embedding column of the user's choice, with faiss (CPU or GPU).
 
-    embedding: Literal["image", "cls"] = "image"  # image: the reference model's; cls: the governor's
-    gpu: bool = False  # faiss on the GPU (needs the faiss-gpu build)
+    Args:
+        embedding: the embedding to work on: image (the reference model's) or cls (the governor's)
+        gpu: faiss on the GPU (needs the faiss-gpu build)
+    """
+
+    embedding: Literal["image", "cls"] = "image"
+    gpu: bool = False
 
     def columns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.embedding, *self.needs)))
@@ -108,10 +113,15 @@ class OnEmbedding(Sieve, ABC):
 
 @dataclass
 class KMeansSieve(OnEmbedding, ABC):
-    """Base of the sieves on a spherical k-means of the embedding (Cluster, SemDeDup, D4)."""
+    """Base of the sieves on a spherical k-means of the embedding (Cluster, SemDeDup, D4).
 
-    clusters: int = 100  # k-means clusters
-    niter: int = 20  # k-means iterations
+    Args:
+        clusters: k-means clusters
+        niter: k-means iterations
+    """
+
+    clusters: int = 100
+    niter: int = 20
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -11,9 +11,13 @@ from lightning_juicer.sieves.clustered import cluster_sieve
 @SIEVES.register("cluster")
 @dataclass
 class Cluster(KMeansSieve):
-    """Spherical k-means, an equal quota per cluster (unused quota redistributed), random within a cluster."""
+    """Spherical k-means, an equal quota per cluster (unused quota redistributed), random within a cluster.
 
-    nredo: int = 1  # k-means runs from different inits, the best kept
+    Args:
+        nredo: k-means runs from different inits, the best kept
+    """
+
+    nredo: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()

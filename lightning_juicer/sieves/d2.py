@@ -53,13 +53,20 @@ def d2_prune(
 @SIEVES.register("d2")
 @dataclass
 class D2(OnEmbedding):
-    """D2 Pruning on the kNN graph of the embedding, difficulty = 1 - the reference model's CLIP score."""
+    """D2 Pruning on the kNN graph of the embedding, difficulty = 1 - the reference model's CLIP score.
+
+    Args:
+        knn: neighbours in the kNN graph
+        gamma_forward: forward message weight exp(-gamma_forward * distance)
+        gamma_reverse: reverse (down-weighting) message weight
+        nprobe: IVF lists searched per row, above neighbors.EXACT_KNN_MAX rows (recall vs time)
+    """
 
     needs = ("image", "text")
-    knn: int = 10  # neighbours in the kNN graph
-    gamma_forward: float = 1.0  # forward message weight exp(-gamma_forward * distance)
-    gamma_reverse: float = 1.0  # reverse (down-weighting) message weight
-    nprobe: int = 8  # IVF lists searched per row, above neighbors.EXACT_KNN_MAX rows (recall vs time)
+    knn: int = 10
+    gamma_forward: float = 1.0
+    gamma_reverse: float = 1.0
+    nprobe: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()

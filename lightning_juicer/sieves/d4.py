@@ -12,11 +12,17 @@ from lightning_juicer.sieves.clustered import d4
 @SIEVES.register("d4")
 @dataclass
 class D4(KMeansSieve):
-    """SemDeDup to ``dedup_fraction`` of the data, re-cluster, keep the least prototypical per cluster."""
+    """SemDeDup to ``dedup_fraction`` of the data, re-cluster, keep the least prototypical per cluster.
 
-    recluster: int | None = None  # clusters of the second k-means (None: clusters)
-    dedup_fraction: float = 0.75  # SemDeDup keeps this much before the prototypicality step
-    block_elems: int = 1 << 24  # SemDeDup's similarity block size (rows x cluster size), bounds memory
+    Args:
+        recluster: clusters of the second k-means (None: clusters)
+        dedup_fraction: SemDeDup keeps this much before the prototypicality step
+        block_elems: SemDeDup's similarity block size (rows x cluster size), bounds memory
+    """
+
+    recluster: int | None = None
+    dedup_fraction: float = 0.75
+    block_elems: int = 1 << 24
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,12 +12,18 @@ from lightning_juicer.sieves.scored import neg_clip_loss, top
 @SIEVES.register("neg_clip_loss")
 @dataclass
 class NegClipLoss(Sieve):
-    """Keep the highest negCLIPLoss, averaged over ``repeats`` random partitions into batches of ``batch_size``."""
+    """Keep the highest negCLIPLoss, averaged over ``repeats`` random partitions into batches of ``batch_size``.
+
+    Args:
+        batch_size: random batch size B
+        repeats: K random partitions averaged
+        temperature: None: the reference model's (stored by the embeddings pass)
+    """
 
     needs = ("image", "text")
-    batch_size: int = 32768  # random batch size B
-    repeats: int = 10  # K random partitions averaged
-    temperature: float | None = None  # None: the reference model's (stored by the embeddings pass)
+    batch_size: int = 32768
+    repeats: int = 10
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "repeats")

@@ -15,10 +15,15 @@ from lightning_juicer.sieves.scored import norm_sim, top
 @SIEVES.register("norm_sim")
 @dataclass
 class NormSim(Sieve):
-    """Keep the highest p-norm of each sample's cosines to the target set's image embeddings."""
+    """Keep the highest p-norm of each sample's cosines to the target set's image embeddings.
+
+    Args:
+        target: embeddings files of the target set (e.g. ImageNet train images), required
+        p: the norm of the cosines, "2" or "inf"
+    """
 
     needs = ("image",)
-    target: str | list[str] | None = None  # embeddings files of the target set (e.g. ImageNet train images)
+    target: str | list[str] | None = None
     p: Literal["2", "inf"] = "2"
 
     def __post_init__(self) -> None:

@@ -12,10 +12,15 @@ from lightning_juicer.sieves.clustered import semdedup
 @SIEVES.register("semdedup")
 @dataclass
 class SemDeDup(KMeansSieve):
-    """Remove M_j > 1 - eps (M_j: max cosine to an earlier member of its cluster), or the highest M_j to the fraction."""
+    """Remove M_j > 1 - eps (M_j: max cosine to an earlier member of its cluster), or the highest M_j to the fraction.
 
-    eps: float | None = None  # None: the quantile that meets the fraction
-    block_elems: int = 1 << 24  # similarity block size (rows x cluster size), bounds memory
+    Args:
+        eps: None: the quantile that meets the fraction
+        block_elems: similarity block size (rows x cluster size), bounds memory
+    """
+
+    eps: float | None = None
+    block_elems: int = 1 << 24
 
     def __post_init__(self) -> None:
         super().__post_init__()
