@@ -141,9 +141,12 @@ def make_keep_lists(args: argparse.Namespace, reference: Path, train_shards: str
     for sieve in sorted(sieves):
         out = args.out / "keep" / f"{sieve}.json"
         if not out.is_file():
-            run([sys.executable, "preprocess/sieve.py", "--config", "configs/preprocess/sieve.yaml", f"sieve={sieve}",
-                 f"fraction={args.fraction}", f"embeddings=[{','.join(spec)}]", f"out={out}",
-                 f"clusters={args.clusters}", f"batch_size={args.negclip_batch}"],
+            own = {"cluster": ["clusters"], "semdedup": ["clusters"], "d4": ["clusters"],
+                   "neg_clip_loss": ["batch_size"]}.get(sieve, [])
+            values = {"clusters": args.clusters, "batch_size": args.negclip_batch}
+            run([sys.executable, "preprocess/sieve.py", "--config", "configs/preprocess/sieve.yaml",
+                 "--sieve", sieve, "--fraction", str(args.fraction), "--embeddings", json.dumps(spec), "--out", str(out),
+                 *(a for name in own for a in (f"--sieve.init_args.{name}", str(values[name])))],
                 args.out / "logs" / f"sieve-{sieve}.log")
         keep[sieve] = out
     return keep

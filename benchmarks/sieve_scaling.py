@@ -1,8 +1,8 @@
 """Scaling of every sieve (lightning_juicer/sieves/) on 100k / 300k / 1M random unit embeddings (dim 512).
 
 Each (sieve, size) runs in its own subprocess (so peak memory is that sieve's), which generates the
-image and text embeddings in chunks (float32, unit rows), then times the sieve function the sieve
-runner calls. Printed per size: wall time of the sieve, the process's peak RSS (embeddings
+embeddings the sieve needs in chunks (float32, unit rows), then times what the sieve runner does: the
+candidates normalised in place and the registered sieve's ``keep`` (``SIEVES.build(name, **settings)``). Printed per size: wall time of the sieve, the process's peak RSS (embeddings
 included) and the growth over the embeddings alone; then the growth exponent b of a least-squares
 fit time ~ N^b per sieve (N log N over 100k-1M reads as b ~ 1.06; N^2 as 2).
 
@@ -55,38 +55,44 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(sieve: str, n: int, args: argparse.Namespace) -> dict:
-    """Generate the embeddings, run one sieve, return its wall time and memory (runs in a child process)."""
-    from lightning_juicer.sieves.clustered import cluster_sieve, d4, semdedup
-    from lightning_juicer.sieves.d2 import d2_prune
-    from lightning_juicer.sieves.scored import clip_score, neg_clip_loss, norm_sim, random_keep, top
+def sieve_settings(sieve: str, n: int, args: argparse.Namespace, tmp: str) -> dict:
+    """The benchmark's parameters of one sieve (``init_args``), see the module docstring."""
+    clustered = {"clusters": max(1, n // args.cluster_size), "niter": args.niter}
+    if sieve == "norm_sim":
+        from lightning_juicer.io.embeddings import write_embeddings
 
-    image = unit_rows(n, 1)
-    text = unit_rows(n, 2) if sieve in ("clip_score", "neg_clip_loss", "d2") else None
-    target = unit_rows(args.target, 3) if sieve == "norm_sim" else None
-    data_mb = rss_mb()
-    n_keep, clusters = n // 2, max(1, n // args.cluster_size)
-    start, cpu_start = time.perf_counter(), cpu_seconds()
-    if sieve == "random":
-        kept = random_keep(n, n_keep, 0)
-    elif sieve == "clip_score":
-        kept = top(clip_score(image, text), n_keep)
-    elif sieve == "cluster":
-        kept = cluster_sieve(image, n_keep, clusters, 0, args.niter).indices
-    elif sieve == "semdedup":
-        kept = semdedup(image, n_keep, clusters, 0, None, args.niter).indices
-    elif sieve == "d4":
-        kept = d4(image, n_keep, clusters, 0, 0.75, None, args.niter).indices
-    elif sieve == "neg_clip_loss":
-        kept = top(neg_clip_loss(image, text, 0.01, args.batch_size, args.repeats, 0), n_keep)
-    elif sieve == "norm_sim":
-        kept = top(norm_sim(image, target, 2.0), n_keep)
-    else:
-        kept = d2_prune(image, 1.0 - clip_score(image, text), n_keep, args.knn, nprobe=args.nprobe).indices
-    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+        target = unit_rows(args.target, 3)
+        write_embeddings(f"{tmp}/target.emb.parquet", [str(i) for i in range(len(target))], {"image": target}, {})
+        return {"target": f"{tmp}/target.emb.parquet"}
+    return {"cluster": clustered, "semdedup": clustered, "d4": clustered,
+            "neg_clip_loss": {"batch_size": args.batch_size, "repeats": args.repeats, "temperature": 0.01},
+            "d2": {"knn": args.knn, "nprobe": args.nprobe}}.get(sieve, {})
+
+
+def run_one(sieve: str, n: int, args: argparse.Namespace) -> dict:
+    """Generate the embeddings, run one sieve as the sieve runner does, return its time and memory (child process).
+
+    The runner's steps are timed: taking the needed columns as candidates, normalised in place
+    (``run.candidates_of``), and the registered sieve's ``keep``.
+    """
+    import tempfile
+
+    from lightning_juicer.sieves import SIEVES
+    from lightning_juicer.sieves.run import candidates_of
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = sieve_settings(sieve, n, args, tmp)
+        chosen = SIEVES.build(sieve, **settings)
+        columns = chosen.columns()
+        arrays = {name: unit_rows(n, seed) for seed, name in enumerate(("image", "text"), 1) if name in columns}
+        data_mb = rss_mb()
+        n_keep = n // 2
+        start, cpu_start = time.perf_counter(), cpu_seconds()
+        kept = chosen.keep(candidates_of(arrays, np.arange(n), columns, None), n_keep, 0).indices
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     assert len(kept) == n_keep, (sieve, len(kept), n_keep)
     return {"sieve": sieve, "n": n, "seconds": seconds, "cpu_seconds": cpu, "peak_mb": rss_mb(), "data_mb": data_mb,
-            "clusters": clusters if sieve in ("cluster", "semdedup", "d4") else None}
+            "clusters": settings.get("clusters")}
 
 
 def recall(n: int, args: argparse.Namespace) -> None:

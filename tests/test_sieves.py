@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 from pathlib import Path
@@ -24,7 +25,8 @@ from lightning_juicer.io.embeddings import read_embeddings, write_embeddings
 from lightning_juicer.passes.embeddings import run_embeddings_pass
 from lightning_juicer.io.keeplist import read_keep_list, write_keep_list
 from lightning_juicer.sieves.neighbors import knn, normalise
-from lightning_juicer.sieves.run import SIEVES, run_sieve
+from lightning_juicer.sieves import SIEVES
+from lightning_juicer.sieves.run import run_sieve
 from lightning_juicer.sieves.scored import neg_clip_loss, norm_sim
 
 SPEC = DataSpec(image_size=64, patch_size=8, tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=16))
@@ -218,17 +220,19 @@ def test_embeddings_pass_writes_the_reference_and_governor_embeddings_per_shard(
         run_embeddings_pass({**cfg, "governor": {"name": None}})
 
 
-@pytest.mark.parametrize("sieve", sorted(SIEVES))
+@pytest.mark.parametrize("sieve", sorted(n for n in SIEVES if SIEVES.get(n).__module__.startswith("lightning_juicer.")))
 def test_every_sieve_writes_a_keep_list_at_the_target_fraction(embedded, tmp_path, sieve):
     _, _, out = embedded
     files = str(out / "{00000..00003}.emb.parquet")
-    extra = {"target": files} if sieve == "norm_sim" else {}
-    info = run_sieve({"sieve": sieve, "embeddings": files, "out": str(tmp_path / "keep.json"), "fraction": 0.25,
-                      "clusters": 4, "repeats": 2, "batch_size": 64, **extra})
+    own = {f.name for f in dataclasses.fields(SIEVES.get(sieve))}
+    init_args = {k: v for k, v in {"clusters": 4, "repeats": 2, "batch_size": 64, "target": files}.items() if k in own}
+    info = run_sieve({"sieve": {"class_path": sieve, "init_args": init_args}, "embeddings": files,
+                      "out": str(tmp_path / "keep.json"), "fraction": 0.25})
     keep = read_keep_list(tmp_path / "keep.json")
     assert info["num_kept"] == len(keep) == 64 and info["achieved_fraction"] == 0.25
     assert keep.info["sieve"] == sieve and keep.info["target_fraction"] == 0.25
-    assert set(keep.info["params"]) == set(SIEVES[sieve][0])
+    assert set(keep.info["params"]) == own | {"seed"}
+    assert {k: keep.info["params"][k] for k in init_args} == init_args
     assert set(keep.shards) <= {f"0000{i}.tar" for i in range(4)}
 
 
@@ -238,9 +242,10 @@ def test_degenerate_embeddings_are_counted_and_not_kept(tmp_path):
     x[3, 2] = np.nan
     keys = [f"k{i}" for i in range(12)]
     write_embeddings(tmp_path / "a.emb.parquet", keys, {"image": x, "text": x}, {"shard": "a.tar", "temperature": 0.1})
-    for sieve in ("clip_score", "cluster", "semdedup"):
+    for sieve in ("clip_score", {"class_path": "cluster", "init_args": {"clusters": 2}},
+                  {"class_path": "semdedup", "init_args": {"clusters": 2}}):
         info = run_sieve({"sieve": sieve, "embeddings": str(tmp_path / "a.emb.parquet"),
-                          "out": str(tmp_path / "k.json"), "fraction": 1.0, "clusters": 2})
+                          "out": str(tmp_path / "k.json"), "fraction": 1.0})
         assert info["counts"]["degenerate_embedding"] == 3 and info["num_kept"] == 9
         assert not {"k0", "k3", "k7"} & read_keep_list(tmp_path / "k.json").shards["a.tar"]
 

@@ -86,8 +86,11 @@ class EmbeddingSet:
         return len(self.keys)
 
 
-def read_embeddings(paths: list[str | Path]) -> EmbeddingSet:
-    """Load embeddings files (all must hold the same fields) into one EmbeddingSet."""
+def read_embeddings(paths: list[str | Path], columns: tuple[str, ...] | None = None) -> EmbeddingSet:
+    """Load embeddings files (all must hold the same fields) into one EmbeddingSet.
+
+    ``columns``: load only these embedding columns (None: all); a sieve reads only what it needs, which
+    bounds the memory of a million-row run."""
     if not paths:
         raise ConfigError("embeddings: no embeddings files given; run `python -m lightning_juicer embeddings` first")
     keys: list[str] = []
@@ -108,7 +111,7 @@ def read_embeddings(paths: list[str | Path]) -> EmbeddingSet:
         keys.extend(table.column("key").to_pylist())
         shard_urls.append(meta.get("shard_url") or meta.get("shard") or Path(path).name)
         rows_per_file.append(rows)
-        for name in names:
+        for name in names if columns is None else [n for n in names if n in columns]:
             column = table.column(name).combine_chunks()
             dim = column.type.list_size if rows else meta["dims"][name]
             parts.setdefault(name, []).append(column.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim))

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
+from lightning_juicer.sieves.base import Kept
 from lightning_juicer.sieves.neighbors import Clusters, normalise, spherical_kmeans
-
-
-class Kept(NamedTuple):
-    """Kept row indices (ascending) and counts for the keep list's manifest."""
-
-    indices: np.ndarray
-    counts: dict[str, int]
 
 
 def balanced_quotas(sizes: np.ndarray, n_keep: int) -> np.ndarray:

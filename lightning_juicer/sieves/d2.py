@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_juicer.sieves.clustered import Kept
+from lightning_juicer.sieves.base import SIEVES, Candidates, Kept, OnEmbedding, at_least
 from lightning_juicer.sieves.neighbors import knn
+from lightning_juicer.sieves.scored import clip_score
 
 
 def d2_prune(
@@ -46,3 +48,31 @@ def d2_prune(
             if not chosen[j]:
                 score[j] -= w * score[i]
     return Kept(np.sort(np.asarray(kept, dtype=np.int64)), {"knn": int(idx.shape[1])})
+
+
+@SIEVES.register("d2")
+@dataclass
+class D2(OnEmbedding):
+    """D2 Pruning on the kNN graph of the embedding, difficulty = 1 - the reference model's CLIP score.
+
+    Args:
+        knn: neighbours in the kNN graph
+        gamma_forward: forward message weight exp(-gamma_forward * distance)
+        gamma_reverse: reverse (down-weighting) message weight
+        nprobe: IVF lists searched per row, above neighbors.EXACT_KNN_MAX rows (recall vs time)
+    """
+
+    needs = ("image", "text")
+    knn: int = 10
+    gamma_forward: float = 1.0
+    gamma_reverse: float = 1.0
+    nprobe: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least(self, 1, "knn", "nprobe")
+
+    def keep(self, candidates: Candidates, n_keep: int, seed: int) -> Kept:
+        difficulty = 1.0 - clip_score(candidates.arrays["image"], candidates.release("text"))
+        return d2_prune(candidates.arrays[self.embedding], difficulty, n_keep, self.knn, self.gamma_forward,
+                        self.gamma_reverse, self.gpu, self.nprobe)
