@@ -135,6 +135,7 @@ def dispatch(args: list[str] | None, run: bool) -> Any:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         parser_class=OneLineParser,
+        parser_kwargs={"parser_mode": "omegaconf"},
         args=args,
         run=run,
     )

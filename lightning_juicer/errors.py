@@ -3,7 +3,7 @@
 Every command (``python -m lightning_juicer ...``, ``preprocess/*.py``) runs inside
 :func:`exit_on_user_error`: a :class:`ConfigError` anywhere in the exception chain (jsonargparse and
 Lightning wrap errors raised in ``__init__`` or hooks), a command-line usage error, or an omegaconf
-error while merging a config (a non-numeric value, an unknown or empty key) is printed as a single
+error while resolving a config (a non-numeric value, an unknown or empty key) is printed as a single
 ``error: <key>: <what to fix>`` line and exits with status 2. Anything else is a bug: its traceback
 is shown as usual. ``JUICER_TRACEBACK=1`` shows the traceback of user errors too.
 """
@@ -74,16 +74,6 @@ def user_error_message(exn: BaseException) -> str | None:
         if message is not None:
             return one_line(message)
     return None
-
-
-def check_dotlist(overrides: list[str]) -> list[str]:
-    """Refuse an override that is not ``key=value`` with a dotted key (``=3``, ``batch_size``, ``a..b=1``)."""
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        parts = key.split(".")
-        if not sep or not all(part.replace("_", "a").replace("-", "a").isalnum() for part in parts):
-            raise ConfigError(f"{item!r}: an override is key=value with a dotted key, e.g. batch_size=64")
-    return overrides
 
 
 def report_user_error(exn: BaseException) -> bool:

@@ -61,7 +61,7 @@ class PassSettings:
 
 def settings_parser(settings_type: type[PassSettings], prog: str, description: str | None = None) -> ArgumentParser:
     """The command-line / config parser of a pass's settings (``--config``, ``--print_config``, ``--a.b``)."""
-    parser = OneLineArgumentParser(prog=prog, description=description or settings_type.__doc__)
+    parser = OneLineArgumentParser(prog=prog, description=description or settings_type.__doc__, parser_mode="omegaconf")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable; later wins)")
     parser.add_class_arguments(settings_type, nested_key=None, fail_untyped=True)
     return parser
