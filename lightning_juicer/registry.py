@@ -1,5 +1,5 @@
-"""One registry type for every extension point (selection strategies, sieves, text backends, model
-families, passes), in timm's style: a class registers itself under a short name with a decorator, and a
+"""One registry type for the extension points (selection strategies, sieves, text backends, model
+families; passes are the ``cli.COMMANDS`` table), in timm's style: a class registers itself under a short name with a decorator, and a
 config may name it by that short name or give it as a jsonargparse ``class_path`` / ``init_args``.
 
     STRATEGIES = Registry("selection strategy", "data.init_args.selection")

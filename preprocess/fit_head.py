@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jsonargparse import CLI
 
+from lightning_juicer.usage import OneLineArgumentParser
 from lightning_juicer.errors import exit_on_user_error
 from lightning_juicer.governor.head_fit import HeadFitConfig, fit_head
 
@@ -44,7 +45,8 @@ def describe(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Parse a HeadFitConfig from the flags, fit, print the figures; returns the report."""
     start = time.perf_counter()
-    cfg = CLI(HeadFitConfig, args=argv, as_positional=False, description=__doc__)
+    cfg = CLI(HeadFitConfig, args=argv, as_positional=False, description=__doc__,
+              parser_class=OneLineArgumentParser, parser_mode="omegaconf")
     report = fit_head(cfg)
     print(describe(report))
     print(f"figures: {Path(report['head']).with_suffix('.json')}  ({time.perf_counter() - start:.0f} s)")

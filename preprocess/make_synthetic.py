@@ -11,13 +11,15 @@ import time
 
 from jsonargparse import CLI
 
+from lightning_juicer.usage import OneLineArgumentParser
 from lightning_juicer.errors import exit_on_user_error
 from lightning_juicer.synthetic import SyntheticConfig, is_generated, prepare_synthetic
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse a SyntheticConfig from the flags and generate the dataset; prints its paths."""
-    cfg = CLI(SyntheticConfig, args=argv, as_positional=False, description=__doc__)
+    cfg = CLI(SyntheticConfig, args=argv, as_positional=False, description=__doc__,
+              parser_class=OneLineArgumentParser, parser_mode="omegaconf")
     existed = is_generated(cfg.root)
     start = time.perf_counter()
     paths = prepare_synthetic(cfg)

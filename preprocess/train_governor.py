@@ -14,6 +14,7 @@ import time
 
 from jsonargparse import CLI
 
+from lightning_juicer.usage import OneLineArgumentParser
 from lightning_juicer.errors import exit_on_user_error
 from lightning_juicer.governor.evidence import ClassHead
 from lightning_juicer.governor.loading import load_governor
@@ -28,7 +29,8 @@ from lightning_juicer.governor.training import (
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, save, reload and evaluate; returns the quality figures."""
-    cfg = CLI(GovernorTrainConfig, args=argv, as_positional=False, description=__doc__)
+    cfg = CLI(GovernorTrainConfig, args=argv, as_positional=False, description=__doc__,
+              parser_class=OneLineArgumentParser, parser_mode="omegaconf")
     start = time.perf_counter()
     model, record = train_governor(cfg)
     out = save_governor(model, cfg.out, record)

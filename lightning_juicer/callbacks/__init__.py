@@ -1,4 +1,5 @@
-"""Lightning callbacks: evaluation, full-patch phase, throughput, kept-patch pictures, run summary and manifest."""
+"""Lightning callbacks: zero-shot and retrieval evaluation, throughput, kept-patch pictures, run summary and manifest
+(``FullPatchPhase`` only refuses an old config in one line: the phase is the model's, ``models/phase.py``)."""
 
 from lightning_juicer.callbacks.evaluation import EvaluationCallback
 from lightning_juicer.callbacks.full_patch_phase import FullPatchPhase

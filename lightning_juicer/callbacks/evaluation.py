@@ -150,7 +150,7 @@ class EvaluationCallback(L.Callback):
         self.dataset = self.build_dataset(trainer, self.spec.image_transform())
 
     def _score_selector(self, trainer: L.Trainer) -> OnlineSelector:
-        """Governor scoring for topk/stratified eval: ``governor``, else the DataModule's (sharing its loaded model)."""
+        """The governor selector for a strategy that needs scores or features: ``governor``, else the training one (sharing the model's loaded governor)."""
         datamodule, module = trainer.datamodule, trainer.lightning_module
         train_governor = datamodule.governor if isinstance(datamodule, JuicerDataModule) else None
         governor = self.governor or train_governor or GovernorConfig()

@@ -100,8 +100,10 @@ def read_embeddings(paths: list[str | Path], columns: tuple[str, ...] | None = N
     temperature, fields = None, None
     for path in paths:
         meta, _ = embeddings_meta(path)
-        table = pq.read_table(path)
-        names = tuple(n for n in FIELDS if n in table.column_names)
+        present = pq.read_schema(path).names
+        names = tuple(n for n in FIELDS if n in present)
+        wanted = names if columns is None else tuple(n for n in names if n in columns)
+        table = pq.read_table(path, columns=["key", *wanted])  # only the columns asked for leave the file
         if fields is None:
             fields = names
         elif names != fields:
@@ -111,7 +113,7 @@ def read_embeddings(paths: list[str | Path], columns: tuple[str, ...] | None = N
         keys.extend(table.column("key").to_pylist())
         shard_urls.append(meta.get("shard_url") or meta.get("shard") or Path(path).name)
         rows_per_file.append(rows)
-        for name in names if columns is None else [n for n in names if n in columns]:
+        for name in wanted:
             column = table.column(name).combine_chunks()
             dim = column.type.list_size if rows else meta["dims"][name]
             parts.setdefault(name, []).append(column.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim))
