@@ -251,3 +251,28 @@ def test_the_writability_probe_creates_the_folder_and_leaves_nothing(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="^out: .* is a file, not a folder"):
         check_writable(tmp_path / "f", "out")
+
+
+def _script_main(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_preprocess_{name}", REPO / "preprocess" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("make_synthetic", ["root=x"], "unrecognized arguments: root=x"),
+    ("make_synthetic", ["--rooot", "x"], "rooot: unknown key"),
+    ("make_real_photos", ["--num_train", "many"], "num_train: "),
+    ("fit_head", ["--epochs", "x"], "epochs: "),
+    ("import_governor", ["--img_sizee", "3"], "img_sizee: unknown key"),
+    ("train_governor", ["--stepz", "3"], "stepz: unknown key"),
+])
+def test_preprocess_scripts_print_one_line_not_a_usage_dump(capsys, script, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(_script_main(script), argv)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
