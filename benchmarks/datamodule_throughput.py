@@ -23,7 +23,7 @@ import torch
 
 from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.passes.vision import run_vision_pass
 from lightning_juicer.models.governed import build_governor
 

@@ -59,7 +59,7 @@ def sync_check(shards: list[str], tmp: Path) -> dict:
 
     from lightning_juicer.callbacks import ImageThroughput
     from lightning_juicer.data import JuicerDataModule
-    from lightning_juicer.governor.online import GovernorConfig
+    from lightning_juicer.governor.settings import GovernorConfig
     from lightning_juicer.models import JuicerCLIP
 
     class Strict(L.Callback):

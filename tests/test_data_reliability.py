@@ -19,7 +19,7 @@ from lightning_juicer.data.drops import DropCounter
 from lightning_juicer.data.pipeline import batches_per_epoch, build_loader
 from lightning_juicer.data.samples import load_rgb
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.io.sidecar import SidecarRows, sidecar_path, write_sidecar
 from lightning_juicer.io.embeddings import write_embeddings
 from lightning_juicer.io.keeplist import read_keep_list, write_keep_list

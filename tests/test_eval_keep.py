@@ -19,7 +19,8 @@ from lightning_juicer.evaluation.common import ScoreKeep, eval_loader
 from lightning_juicer.evaluation.datasets import KarpathyRetrieval
 from lightning_juicer.evaluation.retrieval import evaluate_retrieval
 from lightning_juicer.governor.loading import load_governor
-from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
+from lightning_juicer.governor.online import OnlineSelector
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.selection import select_topk
 from lightning_juicer.models.module import JuicerCLIP
 from tests.conftest import QUICKSTART

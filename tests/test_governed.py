@@ -12,7 +12,7 @@ from torch import nn
 
 from lightning_juicer.callbacks import RunSummary
 from lightning_juicer.data import JuicerDataModule
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.models import JuicerCLIP, governed
 from lightning_juicer.optim import warmup_cosine
 

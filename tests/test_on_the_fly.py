@@ -10,7 +10,7 @@ import torch
 
 from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.governor.loading import load_governor
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.selection import resample_scores, select_topk
 from lightning_juicer.models.governed import build_governor
 

@@ -12,7 +12,7 @@ import torch
 from lightning_juicer.data import DataSpec, JuicerDataModule
 from lightning_juicer.io.shards import expand_shards
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.selection import resample_scores, select_topk
 from lightning_juicer.io.sidecar import read_sidecar, sidecar_path
 from lightning_juicer.passes.vision import run_vision_pass

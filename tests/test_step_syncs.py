@@ -20,7 +20,7 @@ import torch
 
 from lightning_juicer.callbacks import ImageThroughput, RunSummary
 from lightning_juicer.data import JuicerDataModule
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.models import JuicerCLIP
 
 READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")

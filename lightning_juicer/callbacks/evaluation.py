@@ -41,7 +41,8 @@ from lightning_juicer.evaluation.zeroshot import EvalResult
 from lightning_juicer.data.datamodule import JuicerDataModule
 from lightning_juicer.governor.loading import load_governor
 from lightning_juicer.models.module import JuicerCLIP
-from lightning_juicer.governor.online import GovernorConfig, OnlineSelector
+from lightning_juicer.governor.online import OnlineSelector
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.selection import SelectionStrategy, build_strategy
 
 RESULTS_FILE = "results.json"

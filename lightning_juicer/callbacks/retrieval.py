@@ -12,7 +12,7 @@ from lightning_juicer.errors import ConfigError
 from lightning_juicer.evaluation.datasets import KarpathyRetrieval, WebDatasetEval, is_shard_spec
 from lightning_juicer.evaluation.retrieval import evaluate_retrieval
 from lightning_juicer.evaluation.zeroshot import EvalResult
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.selection import SelectionStrategy
 
 

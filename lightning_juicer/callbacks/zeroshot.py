@@ -17,7 +17,7 @@ from lightning_juicer.evaluation.datasets import (
     is_shard_spec,
 )
 from lightning_juicer.evaluation.zeroshot import EvalResult, evaluate_zeroshot, resolve_templates
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.io.classnames import read_classnames
 from lightning_juicer.selection import SelectionStrategy
 

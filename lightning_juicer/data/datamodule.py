@@ -16,7 +16,7 @@ from lightning_juicer.data.spec import DataSpec, DataSpecProvider, OnTheFlySelec
 from lightning_juicer.synthetic import SyntheticConfig, prepare_synthetic, synthetic_paths
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.sidecar import check_sidecars, sidecar_path
-from lightning_juicer.governor.online import GovernorConfig
+from lightning_juicer.governor.settings import GovernorConfig
 from lightning_juicer.selection import SelectionStrategy, build_strategy
 from lightning_juicer.io.keeplist import KeepFilter, check_keep_list, read_keep_list
 

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lightning_juicer.governor.scoring import PatchScorer, ScoreOutput
 from lightning_juicer.selection import SelectionStrategy, build_strategy, resample_features, resample_scores, shape_only
-
-
-@dataclass
-class GovernorConfig:
-    """Which frozen governor scores patches: a timm name, ``open_clip:<model>``, a folder, or ``juicer-synthetic``."""
-
-    name: str = "juicer-synthetic"
-    pretrained: bool | str = True
 
 
 class OnlineSelector(nn.Module):

@@ -1,7 +1,7 @@
 """The governor's settings as the configuration gives them: which frozen model, its weights, its class head.
 
-One type for every user of a governor (the vision pass, the embeddings pass, on-the-fly scoring):
-``GovernorSettings(name, pretrained, head)``. The passes read it from ``governor:`` in their YAML
+One type for every user of a governor: ``GovernorConfig(name, pretrained)`` (on-the-fly scoring,
+evaluation), extended by ``GovernorSettings(..., head)`` for the passes. The passes read it from ``governor:`` in their YAML
 (``--governor.name x``, ``--governor.head.kind file``); jsonargparse checks the types and choices.
 """
 
@@ -33,8 +33,21 @@ class HeadSettings:
 
 
 @dataclass
-class GovernorSettings:
-    """The frozen governor.
+class GovernorConfig:
+    """Which frozen governor (on-the-fly scoring, evaluation, and the base of a pass's ``GovernorSettings``).
+
+    Args:
+        name: timm name[.tag], ``open_clip:<model>``, ``juicer-synthetic`` or a local folder.
+        pretrained: true: its weights from the local cache (never downloads); or a weights file.
+    """
+
+    name: str = "juicer-synthetic"
+    pretrained: bool | str = True
+
+
+@dataclass
+class GovernorSettings(GovernorConfig):
+    """The frozen governor of a pass: which model, and its class-evidence head.
 
     Args:
         name: timm name[.tag], ``open_clip:<model>``, ``juicer-synthetic`` or a local folder.
@@ -42,6 +55,4 @@ class GovernorSettings:
         head: its class-evidence head.
     """
 
-    name: str = "juicer-synthetic"
-    pretrained: bool | str = True
     head: HeadSettings = field(default_factory=HeadSettings)
