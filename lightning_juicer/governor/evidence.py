@@ -41,6 +41,7 @@ from torch import nn
 
 from lightning_juicer.errors import ConfigError
 from lightning_juicer.io.classnames import read_classnames
+from lightning_juicer.io.sidecar import strongest_classes
 
 IMAGENET_CLASSNAMES: tuple[str, ...] = tuple(open_clip.IMAGENET_CLASSNAMES)
 ACTIVATIONS = ("softmax", "sigmoid")
@@ -257,6 +258,6 @@ def class_evidence(
         return [[] for _ in range(probs.shape[0])]
     top = probs.topk(k, dim=-1)
     return [
-        [(classnames[i], p) for p, i in zip(values, indices) if p > threshold]
+        strongest_classes(((classnames[i], p) for p, i in zip(values, indices)), threshold, max_classes)
         for values, indices in zip(top.values.tolist(), top.indices.tolist())
     ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -118,8 +118,16 @@ class SidecarEntry(NamedTuple):
 
     def evidence(self, threshold: float = 0.7, max_classes: int = 3) -> list[tuple[str, float]]:
         """Visual evidence C' (Eq. 4): stored classes with p > threshold, most probable first, at most max_classes."""
-        pairs = sorted(zip(self.classes, self.probs.tolist()), key=lambda cp: -cp[1])
-        return [(c, p) for c, p in pairs if p > threshold][: max(0, max_classes)]
+        return strongest_classes(zip(self.classes, self.probs.tolist()), threshold, max_classes)
+
+
+def strongest_classes(pairs: Iterable[tuple[str, float]], threshold: float = 0.7,
+                      max_classes: int = 3) -> list[tuple[str, float]]:
+    """Eq. 4's filter, the one place it is written: (class, p) with p > threshold, most probable first
+    (ties keep their order), at most max_classes. Used on a sidecar's stored classes and by
+    ``governor.evidence.class_evidence`` on a head's output."""
+    ranked = sorted(pairs, key=lambda cp: -cp[1])
+    return [(c, p) for c, p in ranked if p > threshold][: max(0, max_classes)]
 
 
 class SidecarInfo(NamedTuple):
