@@ -14,7 +14,8 @@ Layering: a package imports only from packages above it in this list (and from i
  8. ``models``        the LightningModule (variable-token tower, families registry, the frozen governor it holds)
  9. ``passes``        the shard-pass framework and the vision, text and embeddings passes
 10. ``evaluation``, then ``callbacks``, ``visualize``   zero-shot / retrieval evaluation and Lightning callbacks
-11. ``resume``, ``cli``   entry points (``python -m lightning_juicer <command>``)
+11. ``resume``, ``compare``, ``cli``   entry points (``python -m lightning_juicer <command>``; ``compare`` runs
+                      the others as subprocesses: the paper's comparison of arms)
 """
 
 __version__ = "0.1.0"

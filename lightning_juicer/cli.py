@@ -33,6 +33,7 @@ COMMANDS = {
     "text": "lightning_juicer.passes.text:main",
     "embeddings": "lightning_juicer.passes.embeddings:main",
     "sieve": "lightning_juicer.sieves.command:main",
+    "compare": "lightning_juicer.compare.command:main",
 }
 
 # ``--ckpt_path`` values Lightning resolves itself (the file is checked once resolved, where we can).

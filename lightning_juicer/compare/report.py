@@ -1,0 +1,119 @@
+"""The comparison's outputs: a markdown table (mean ± std over seeds) and a plot of each metric vs image tokens."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from lightning_juicer.compare.arms import ARMS
+from lightning_juicer.compare.run import RunRecord
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value), in percent."""
+    mean = 100 * statistics.fmean(values)
+    return mean, (100 * statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt(values: list[float]) -> str:
+    """``mean ± std`` in percent (``± -`` for one seed)."""
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {'-' if std is None else f'{std:.1f}'}"
+
+
+def by_arm(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    grouped: dict[str, list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        grouped[run.arm].append(run)
+    return grouped
+
+
+def metric_columns(runs: list[RunRecord]) -> tuple[list[str], list[str], dict[str, str]]:
+    """The ``dataset/metric`` keys evaluated at r = 1 and at the training r (datasets named ``...@r<f>``), and names."""
+    names: dict[str, str] = {}
+    at_one: list[str] = []
+    at_r: list[str] = []
+    for run in runs:
+        names.update(run.names)
+        for key in run.metrics:
+            target = at_r if "@r" in key.split("/", 1)[0] else at_one
+            if key not in target:
+                target.append(key)
+    return at_one, at_r, names
+
+
+def column_title(key: str, names: dict[str, str], datasets: int) -> str:
+    dataset, metric = key.split("/", 1)
+    name = names.get(key, metric)
+    return f"{dataset.split('@')[0]} {name}" if datasets > 1 else name
+
+
+def table(runs: list[RunRecord], order: list[str], fraction: float) -> str:
+    """One row per arm: level, image tokens, each metric at r = 1, then at the training r; minutes per run."""
+    grouped = by_arm(runs)
+    at_one, at_r, names = metric_columns(runs)
+    datasets = len({k.split("/", 1)[0] for k in at_one})
+    head = ["method", "level", "image tokens", "steps",
+            *[column_title(k, names, datasets) for k in at_one],
+            *[f"{column_title(k, names, datasets)} @ r={fraction:g}" for k in at_r], "minutes / run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in order:
+        rows = grouped.get(arm)
+        if not rows:
+            continue
+        cells = [ARMS[arm].title, ARMS[arm].level, f"{100 * rows[0].tokens:.0f} %", str(rows[0].steps)]
+        for key in [*at_one, *at_r]:
+            values = [r.metrics[key] for r in rows if key in r.metrics]
+            cells.append(fmt(values) if values else "—")
+        minutes = [r.minutes for r in rows if r.minutes]
+        cells.append(f"{statistics.fmean(minutes):.1f}" if minutes else "(reused)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[RunRecord], order: list[str], fraction: float, path: Path) -> Path | None:
+    """One panel per metric: mean ± std over seeds vs image tokens, one marker per arm (hollow: at the training r).
+
+    Returns None (and says so) when matplotlib is not installed: ``pip install matplotlib``.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot: skipped, matplotlib is not installed (pip install matplotlib, or the project's [dev] extra)")
+        return None
+    grouped = by_arm(runs)
+    at_one, at_r, names = metric_columns(runs)
+    datasets = len({k.split("/", 1)[0] for k in at_one})
+    fig, axes = plt.subplots(1, len(at_one), figsize=(4.2 * len(at_one), 3.8), squeeze=False)
+    colours = plt.get_cmap("tab20")
+    for ax, key in zip(axes[0], at_one):
+        for i, arm in enumerate(a for a in order if a in grouped):
+            rows = grouped[arm]
+            x = 100 * rows[0].tokens
+            for metric, hollow in ((key, False), (_at_r_key(key, at_r), True)):
+                values = [r.metrics[metric] for r in rows if metric and metric in r.metrics]
+                if not values:
+                    continue
+                mean, std = mean_std(values)
+                ax.errorbar(x, mean, yerr=std or 0.0, fmt="o", color=colours(i % 20), capsize=3,
+                            mfc="none" if hollow else colours(i % 20), label=None if hollow else ARMS[arm].title)
+        ax.set_xlabel("image tokens (% of Full)")
+        ax.set_ylabel(f"{column_title(key, names, datasets)} (%)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7, frameon=False)
+    fig.suptitle(f"filled: evaluated on whole images (r = 1); hollow: at the training r = {fraction:g}", fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 5), 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _at_r_key(key: str, at_r: list[str]) -> str | None:
+    dataset, metric = key.split("/", 1)
+    return next((k for k in at_r if k.split("@")[0] == dataset and k.endswith("/" + metric)), None)
