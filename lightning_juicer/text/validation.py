@@ -29,6 +29,8 @@ no rewrite obeying them can exist; the original caption is kept for those.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -171,11 +173,17 @@ def mentioned(text_stems: Sequence[str], name: str) -> bool:
     return bool(mention_spans(text_stems, name))
 
 
+@functools.lru_cache(maxsize=4096)
+def _one_edit_away(target: str) -> frozenset[str]:
+    """Every string one Damerau edit away from a class-name word (a few dozen targets, thousands of captions)."""
+    return frozenset(Vocabulary.edits(target))
+
+
 def _misspelt(text_stems: Sequence[str], name: str, exact: set[str] = frozenset()) -> bool:
     """Whether the text names the class with a typo: each word as written or, from 4 letters, one edit away
     (a word in ``exact``, the exact name of some class, is that class and no typo: 'tshirt' is not 'shirt')."""
     def same(word: str, target: str) -> bool:
-        return word == target or (len(target) >= 4 and word not in exact and word in Vocabulary.edits(target))
+        return word == target or (len(target) >= 4 and word not in exact and word in _one_edit_away(target))
 
     for target in class_names(name):
         n = len(target)
