@@ -86,6 +86,17 @@ class EmbeddingSet:
         return len(self.keys)
 
 
+def _stack_float32(parts: list[np.ndarray]) -> np.ndarray:
+    """The files' rows as one float32 array, each part cast into place and released (no float16 concatenation)."""
+    out = np.empty((sum(len(p) for p in parts), parts[0].shape[1]), dtype=np.float32)
+    offset = 0
+    for i, part in enumerate(parts):
+        out[offset : offset + len(part)] = part
+        offset += len(part)
+        parts[i] = None  # type: ignore[call-overload]  # the file's float16 rows are freed as soon as they are copied
+    return out
+
+
 def read_embeddings(paths: list[str | Path], columns: tuple[str, ...] | None = None) -> EmbeddingSet:
     """Load embeddings files (all must hold the same fields) into one EmbeddingSet.
 
@@ -119,5 +130,5 @@ def read_embeddings(paths: list[str | Path], columns: tuple[str, ...] | None = N
             parts.setdefault(name, []).append(column.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim))
     ids = shard_ids(shard_urls, unique="embeddings")
     shards = [ident for ident, rows in zip(ids, rows_per_file) for _ in range(rows)]
-    arrays = {name: np.concatenate(p).astype(np.float32) for name, p in parts.items()}
+    arrays = {name: _stack_float32(p) for name, p in parts.items()}
     return EmbeddingSet(keys, shards, arrays, temperature, [str(p) for p in paths])
