@@ -153,3 +153,19 @@ def test_shipped_compare_configs_parse():
         cfg = yaml.safe_load((REPO / "configs" / "compare" / f"{name}.yaml").read_text())
         assert (REPO / cfg["fit_config"]).is_file()
         assert set(cfg.get("arms", DEFAULT_ARMS)) <= set(ARMS)
+
+
+def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
+    from lightning_juicer.compare.run import fit
+
+    c = load_comparison(settings(tmp_path, dry_run=True))
+    cfg, _, _ = arm_config(c, "full", 3)
+    log_dir = tmp_path / "runs" / "full" / "seed3"
+    log_dir.mkdir(parents=True)
+    (log_dir / "results.json").write_text(json.dumps([{"dataset": "d", "metric": "top1", "value": 0.5}]))
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "full-seed3.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert fit(c, "full", 3).metrics == {"d/top1": 0.5}  # reused, nothing run
+    c.steps = 41  # another config for the same arm and seed
+    with pytest.raises(ConfigError, match="^out: .* another config"):
+        fit(c, "full", 3)

@@ -231,10 +231,14 @@ def fit(c: Comparison, name: str, seed: int) -> RunRecord:
     found = final_metrics(log_dir)
     minutes = None
     info = log_dir / "compare.json"
+    config = c.out / "configs" / f"{name}-seed{seed}.yaml"
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    if found is not None and (not config.is_file() or config.read_text(encoding="utf-8") != text):
+        raise ConfigError(f"out: {log_dir} holds a run of {name} seed {seed} made with another config than "
+                          f"{config} would be now; choose another out folder or delete that run")
     if found is None:
-        config = c.out / "configs" / f"{name}-seed{seed}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        config.write_text(text, encoding="utf-8")
         extra = [*c.settings.fit_args, *(c.settings.juicer_args if name.startswith("datajuicer") else [])]
         start = time.perf_counter()
         c.run(f"{name}-seed{seed}", ["-m", "lightning_juicer", "fit", "--config", str(config), *extra])
