@@ -139,9 +139,9 @@ def test_results_table_and_plot(tmp_path):
              for s, v, w in ((0, 0.4, 0.4), (1, 0.5, 0.5))]
     text = table(runs, ["full", "datajuicer", "random"], 0.5)
     lines = text.splitlines()
-    assert lines[0] == "| method | level | image tokens | steps | top-1 | top-1 @ r=0.5 | minutes / run |"
-    assert lines[2] == "| Full data | — | 100 % | 100 | 60.0 ± 14.1 | — | 2.0 |"
-    assert lines[3] == "| DataJuicer | token | 50 % | 100 | 45.0 ± 7.1 | 45.0 ± 7.1 | (reused) |"
+    assert lines[0] == "| method | level | image tokens | steps | seeds | top-1 | top-1 @ r=0.5 | minutes / run |"
+    assert lines[2] == "| Full data | — | 100 % | 100 | 2 | 60.0 ± 14.1 | — | 2.0 |"
+    assert lines[3] == "| DataJuicer | token | 50 % | 100 | 2 | 45.0 ± 7.1 | 45.0 ± 7.1 | (reused) |"
     assert len(lines) == 4  # an arm without runs has no row
     pytest.importorskip("matplotlib")
     path = plot(runs, ["full", "datajuicer"], 0.5, tmp_path / "plot.png")
@@ -166,6 +166,9 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "full-seed3.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert fit(c, "full", 3).metrics == {"d/top1": 0.5}  # reused, nothing run
+    c.settings.report_only = True
+    assert fit(c, "full", 4) is None  # report only: a missing run is left out, nothing runs
+    c.settings.report_only = False
     c.steps = 41  # another config for the same arm and seed
     with pytest.raises(ConfigError, match="^out: .* another config"):
         fit(c, "full", 3)

@@ -54,7 +54,7 @@ def table(runs: list[RunRecord], order: list[str], fraction: float) -> str:
     grouped = by_arm(runs)
     at_one, at_r, names = metric_columns(runs)
     datasets = len({k.split("/", 1)[0] for k in at_one})
-    head = ["method", "level", "image tokens", "steps",
+    head = ["method", "level", "image tokens", "steps", "seeds",
             *[column_title(k, names, datasets) for k in at_one],
             *[f"{column_title(k, names, datasets)} @ r={fraction:g}" for k in at_r], "minutes / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -62,7 +62,7 @@ def table(runs: list[RunRecord], order: list[str], fraction: float) -> str:
         rows = grouped.get(arm)
         if not rows:
             continue
-        cells = [ARMS[arm].title, ARMS[arm].level, f"{100 * rows[0].tokens:.0f} %", str(rows[0].steps)]
+        cells = [ARMS[arm].title, ARMS[arm].level, f"{100 * rows[0].tokens:.0f} %", str(rows[0].steps), str(len(rows))]
         for key in [*at_one, *at_r]:
             values = [r.metrics[key] for r in rows if key in r.metrics]
             cells.append(fmt(values) if values else "—")

@@ -224,8 +224,8 @@ def final_metrics(log_dir: Path) -> tuple[dict[str, float], dict[str, str]] | No
     return values, names
 
 
-def fit(c: Comparison, name: str, seed: int) -> RunRecord:
-    """Train and evaluate one arm and seed, unless its results exist."""
+def fit(c: Comparison, name: str, seed: int) -> RunRecord | None:
+    """Train and evaluate one arm and seed, unless its results exist (``report_only``: None for a missing run)."""
     cfg, steps, tokens = arm_config(c, name, seed)
     log_dir = c.out / "runs" / name / f"seed{seed}"
     found = final_metrics(log_dir)
@@ -236,6 +236,8 @@ def fit(c: Comparison, name: str, seed: int) -> RunRecord:
     if found is not None and (not config.is_file() or config.read_text(encoding="utf-8") != text):
         raise ConfigError(f"out: {log_dir} holds a run of {name} seed {seed} made with another config than "
                           f"{config} would be now; choose another out folder or delete that run")
+    if found is None and c.settings.report_only:
+        return None
     if found is None:
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(text, encoding="utf-8")
@@ -264,6 +266,11 @@ def run_comparison(settings: CompareSettings) -> Comparison:
                                                     for a in settings.arms)
     first = ["full"] if needs_full or "full" in settings.arms else []  # Full first: the sieves' reference
     arms = list(dict.fromkeys([*first, *settings.arms]))
+    if settings.report_only:
+        for seed in settings.seeds:
+            for name in arms:
+                fit(c, name, seed)
+        return c
     if any(ARMS[a].juiced for a in arms) and settings.run_passes:
         make_sidecars(c)
     sieves = {sieve_of(ARMS[a], settings) for a in arms} - {None}

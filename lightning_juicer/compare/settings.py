@@ -44,6 +44,8 @@ class CompareSettings:
         interrupted comparison continues where it stopped.
     table, plot: output files (null: ``<out>/table.md``, ``<out>/plot.png``).
     dry_run: print the commands, run nothing.
+    report_only: run nothing; the table and plot of the runs already in ``out`` (arms and seeds without a run
+        are left out, and the table's ``seeds`` column says how many each row averages).
     """
 
     fit_config: str = "configs/quickstart.yaml"
@@ -73,6 +75,7 @@ class CompareSettings:
     table: str | None = None
     plot: str | None = None
     dry_run: bool = False
+    report_only: bool = False
 
     def check(self) -> None:
         """One-line errors naming the key for settings that cannot run."""
