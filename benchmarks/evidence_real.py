@@ -83,6 +83,22 @@ def subset_shard(source: Path, out: Path | None, num: int | None = None) -> dict
     return truth
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    """The rows as a markdown table (shares in %)."""
+    lines = ["| configuration | text backend | ε | evidence precision | samples with evidence | "
+             "samples with only wrong evidence | captions that gained a wrong object |", "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['text_backend']} | {r['threshold']} | {_pct(r['evidence_precision'])} "
+                     f"({r['evidence_classes']} classes) | {_pct(r['share_with_evidence'])} | "
+                     f"{_pct(r['share_only_wrong_evidence'])} | {_pct(r['share_gained_wrong_object'])} "
+                     f"({r['gained_wrong_object']} of {r['captions']}) |")
+    return "\n".join(lines)
+
+
 def audit_sidecars(paths: list[Path], truth: dict[str, dict]) -> dict:
     """Audit every sample of these sidecars that the truth knows, with the evidence the sidecar settings give."""
     audit = EvidenceAudit()
@@ -132,6 +148,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/evidence_real")
     p.add_argument("--targets", type=float, nargs="+", default=[0.95], help="target precisions of calibrated heads")
     p.add_argument("--fit-args", nargs="*", default=[], help="extra fit_head flags for both heads, e.g. --flip=true")
+    p.add_argument("--tag", default="", help="suffix of the calibrated heads' names, e.g. _wd0.1 with --fit-args")
     p.add_argument("--smollm2", action="store_true", help="also run the DINOv2 rows with the SmolLM2 text backend")
     p.add_argument("--smollm2-sidecars", default=None, help="sidecars with SmolLM2 captions to audit as well")
     p.add_argument("--only", nargs="*", default=None, help="run only these configurations")
@@ -154,16 +171,16 @@ def main(argv: list[str] | None = None) -> dict:
         "synthetic_softmax": ["--governor.name", "juicer-synthetic", "--governor.head.activation", "softmax",
                               "--threshold", "0.7"],
         "synthetic_sigmoid": ["--governor.name", "juicer-synthetic", "--threshold", "0.7"],
-        "dinov2_fixed": ["--governor.name", DINOV2, "--governor.head.kind", "file",
-                         "--governor.head.path", str(heads / "fixed.safetensors")],
+        f"dinov2_fixed{args.tag}": ["--governor.name", DINOV2, "--governor.head.kind", "file",
+                         "--governor.head.path", str(heads / f"fixed{args.tag}.safetensors")],
     }
-    calibrated = {f"calibrated_p{round(100 * t)}": t for t in args.targets}
+    calibrated = {f"calibrated_p{round(100 * t)}{args.tag}": t for t in args.targets}
     for head in calibrated:
         configs[f"dinov2_{head}"] = ["--governor.name", DINOV2, "--governor.head.kind", "file",
                                     "--governor.head.path", str(heads / f"{head}.safetensors")]
     chosen = [c for c in configs if args.only is None or c in args.only]
-    if "dinov2_fixed" in chosen:
-        run("fit_head_fixed", [*fit, f"--out={heads / 'fixed.safetensors'}", "--threshold=0.7"])
+    if f"dinov2_fixed{args.tag}" in chosen:
+        run(f"fit_head_fixed{args.tag}", [*fit, f"--out={heads / f'fixed{args.tag}.safetensors'}", "--threshold=0.7"])
     for head, target in calibrated.items():
         if f"dinov2_{head}" in chosen:
             run(f"fit_head_{head}", [*fit, f"--out={heads / f'{head}.safetensors'}", f"--target_precision={target}"])
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
             all_truth.update(subset_shard(source, None))
         rows["pipeline_smollm2"] = {"text_backend": "SmolLM2-135M-Instruct", "sidecars": str(args.smollm2_sidecars),
                            **audit_sidecars(found, all_truth)}
-    heads_json = {k: json.loads((heads / f"{k}.json").read_text()) for k in ("fixed", *calibrated)
+    heads_json = {k: json.loads((heads / f"{k}.json").read_text()) for k in (f"fixed{args.tag}", *calibrated)
                   if (heads / f"{k}.json").is_file()}
     results = {"root": str(Path(args.root).resolve()), "num": args.num, "rows": rows,
                "heads": {k: {p: v.get(p) for p in ("threshold", "abstain", "calibration", "held_out", "config")}
@@ -202,10 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "evidence_real.json").write_text(text, encoding="utf-8")
     if args.doc_json:
         Path(args.doc_json).write_text(text, encoding="utf-8")
-    for name, row in rows.items():
-        print(f"{name:26s} ε={row['threshold']}: precision {row['evidence_precision']}, with evidence "
-              f"{row['share_with_evidence']:.3f}, only wrong {row['share_only_wrong_evidence']:.3f}, "
-              f"gained a wrong object {row['share_gained_wrong_object']} ({row['captions']} captions)")
+    print(markdown_table(rows))
     return results
 
 
