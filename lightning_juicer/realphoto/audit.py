@@ -30,12 +30,16 @@ def objects_named(text: str, extra_names: Iterable[str] = ()) -> set[str]:
 
 
 def gained_wrong_objects(original: str, juiced: str | None, truth: Iterable[str],
-                         extra_names: Iterable[str] = ()) -> set[str]:
-    """Objects the juiced caption names that the image does not hold and the original caption did not name."""
+                         extra_names: Iterable[str] = (), original_objects: Iterable[str] = ()) -> set[str]:
+    """Objects the juiced caption names that the image does not hold and the original caption did not name.
+
+    ``original_objects``: classes the original names by construction (the sample JSON's ``named`` and
+    ``wrong``), which a typo can hide from the synonym matcher ("a sbeaker" repaired to "a sneaker" is
+    a wrong object the caption already had, not one the pass added)."""
     if juiced is None:
         return set()
     extra = tuple(extra_names)
-    return objects_named(juiced, extra) - objects_named(original, extra) - set(truth)
+    return objects_named(juiced, extra) - objects_named(original, extra) - set(truth) - set(original_objects)
 
 
 @dataclass
@@ -52,7 +56,8 @@ class EvidenceAudit:
     examples: list[dict] = field(default_factory=list)
 
     def add(self, truth: Sequence[str], evidence: Sequence[str], original: str | None = None,
-            juiced: str | None = None, extra_names: Iterable[str] = (), key: str = "") -> None:
+            juiced: str | None = None, extra_names: Iterable[str] = (), key: str = "",
+            original_objects: Iterable[str] = ()) -> None:
         """One sample: its true classes, evidence class names and (optionally) both captions."""
         truth = set(truth)
         self.samples += 1
@@ -64,7 +69,7 @@ class EvidenceAudit:
             self.only_wrong += hits == 0
         if original is not None and juiced is not None:
             self.captions += 1
-            gained = gained_wrong_objects(original, juiced, truth, extra_names)
+            gained = gained_wrong_objects(original, juiced, truth, extra_names, original_objects)
             if gained:
                 self.gained_wrong += 1
                 if len(self.examples) < 5:
