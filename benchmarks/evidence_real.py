@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "--shards", str(shard), "--sidecar_dir", str(sidecars), "--backend", "rules", *RUN])
         rows[name] = {"text_backend": "rules", "vision_args": configs[name],
                       **audit_sidecars([sidecar_path(str(shard), sidecars)], truth)}
-        if args.smollm2 and name.startswith("dinov2"):
-            copies = out / f"{name}+smollm2"
+        copies = out / f"{name}+smollm2"
+        if args.smollm2 and name.startswith("dinov2") and (copies.is_dir() or not args.audit_only):
             run(f"text_{name}+smollm2", ["-m", "lightning_juicer", "text", "--config", "configs/preprocess/text.yaml",
                                          "--shards", str(shard), "--sidecar_dir", str(sidecars), "--output_dir",
                                          str(copies), *SMOLLM2, "--backend.init_args.max_new_tokens", "64",
