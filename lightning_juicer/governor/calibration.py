@@ -64,6 +64,8 @@ def calibrate_threshold(probs: torch.Tensor, targets: torch.Tensor, target_preci
     def abstain(reason: str) -> Calibration:
         return Calibration(ABSTAIN_THRESHOLD, True, target_precision, None, 0, n, min_evidence, reason)
 
+    if n == 0:
+        return abstain("no calibration images (give a larger val_root or calibration_fraction)")
     if p.numel() == 0:
         return abstain("no evidence is possible (max_classes 0)")
     order = p.argsort(descending=True)
