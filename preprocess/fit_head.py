@@ -40,7 +40,7 @@ def describe(report: dict) -> str:
     for part in ("train", "held_out"):  # held_out: the part that did not choose ε
         f = report[part]
         lines.append(
-            f"{part:9s} ε={f['threshold']}: precision {_pct(f['precision'])}, recall {_pct(f['recall'])} "
+            f"{part:9s} ε={f['threshold']:.4g}: precision {_pct(f['precision'])}, recall {_pct(f['recall'])} "
             f"({f['class_images']} class images), false evidence on none {_pct(f['false_evidence_rate_none'])} "
             f"({f['none_images']} none images), top-1 {_pct(f['top1_accuracy'])}"
         )
