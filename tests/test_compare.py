@@ -12,7 +12,12 @@ from lightning_juicer.cli import main as cli_main
 from lightning_juicer.compare.arms import ARMS, DEFAULT_ARMS, steps_and_tokens
 from lightning_juicer.compare.command import parse
 from lightning_juicer.compare.report import plot, table
-from lightning_juicer.compare.run import RunRecord, arm_config, final_metrics, load_comparison
+from lightning_juicer.compare.run import (
+    RunRecord,
+    arm_config,
+    final_metrics,
+    load_comparison,
+)
 from lightning_juicer.compare.settings import CompareSettings
 from lightning_juicer.errors import ConfigError
 

@@ -48,13 +48,14 @@ def main(argv: list[str]) -> dict:
     minutes = (time.perf_counter() - started) / 60
     command = "python -m lightning_juicer compare " + " ".join(shlex.quote(a) for a in argv)
     achieved = {s: json.loads(p.read_text())["achieved_fraction"] for s, p in c.keep.items() if p.is_file()}
-    text = (f"{table(c.runs, order, settings.fraction)}\n\nCommand: `{command}` ({len(settings.seeds)} seed(s); Full "
+    text = (f"{table(c.runs, order, settings.fraction, settings.metrics)}\n\nCommand: `{command}` ({len(settings.seeds)} seed(s); Full "
             f"= {c.steps} steps × batch {c.batch_size}; budget {settings.budget}, fraction {settings.fraction:g}; "
             f"{minutes:.1f} min in all, reused runs not timed). Sieve keep fractions achieved: {achieved or 'none'}.\n")
     out_table = Path(settings.table) if settings.table else c.out / "table.md"
     out_table.parent.mkdir(parents=True, exist_ok=True)
     out_table.write_text(text, encoding="utf-8")
-    picture = plot(c.runs, order, settings.fraction, Path(settings.plot) if settings.plot else c.out / "plot.png")
+    picture = plot(c.runs, order, settings.fraction, Path(settings.plot) if settings.plot else c.out / "plot.png",
+                   settings.metrics)
     results = {"settings": asdict(settings), "command": command, "minutes": minutes, "steps": c.commands,
                "runs": [asdict(r) for r in c.runs]}
     (c.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

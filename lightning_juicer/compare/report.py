@@ -29,17 +29,26 @@ def by_arm(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     return grouped
 
 
-def metric_columns(runs: list[RunRecord]) -> tuple[list[str], list[str], dict[str, str]]:
-    """The ``dataset/metric`` keys evaluated at r = 1 and at the training r (datasets named ``...@r<f>``), and names."""
+def metric_columns(runs: list[RunRecord], metrics: list[str] | None = None) -> tuple[list[str], list[str], dict[str, str]]:
+    """The ``dataset/metric`` keys evaluated at r = 1 and at the training r (datasets named ``...@r<f>``), and names.
+
+    ``metrics``: only these metric keys, in this order within each dataset (None: all)."""
     names: dict[str, str] = {}
     at_one: list[str] = []
     at_r: list[str] = []
     for run in runs:
         names.update(run.names)
         for key in run.metrics:
+            if metrics is not None and key.split("/", 1)[1] not in metrics:
+                continue
             target = at_r if "@r" in key.split("/", 1)[0] else at_one
             if key not in target:
                 target.append(key)
+    if metrics is not None:
+        rank = {m: i for i, m in enumerate(metrics)}
+        for keys in (at_one, at_r):
+            datasets = list(dict.fromkeys(k.split("/", 1)[0] for k in keys))
+            keys.sort(key=lambda k: (datasets.index(k.split("/", 1)[0]), rank[k.split("/", 1)[1]]))
     return at_one, at_r, names
 
 
@@ -49,10 +58,10 @@ def column_title(key: str, names: dict[str, str], datasets: int) -> str:
     return f"{dataset.split('@')[0]} {name}" if datasets > 1 else name
 
 
-def table(runs: list[RunRecord], order: list[str], fraction: float) -> str:
+def table(runs: list[RunRecord], order: list[str], fraction: float, metrics: list[str] | None = None) -> str:
     """One row per arm: level, image tokens, each metric at r = 1, then at the training r; minutes per run."""
     grouped = by_arm(runs)
-    at_one, at_r, names = metric_columns(runs)
+    at_one, at_r, names = metric_columns(runs, metrics)
     datasets = len({k.split("/", 1)[0] for k in at_one})
     head = ["method", "level", "image tokens", "steps", "seeds",
             *[column_title(k, names, datasets) for k in at_one],
@@ -72,7 +81,8 @@ def table(runs: list[RunRecord], order: list[str], fraction: float) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[RunRecord], order: list[str], fraction: float, path: Path) -> Path | None:
+def plot(runs: list[RunRecord], order: list[str], fraction: float, path: Path,
+         metrics: list[str] | None = None) -> Path | None:
     """One panel per metric: mean ± std over seeds vs image tokens, one marker per arm (hollow: at the training r).
 
     Returns None (and says so) when matplotlib is not installed: ``pip install matplotlib``.
@@ -86,14 +96,16 @@ def plot(runs: list[RunRecord], order: list[str], fraction: float, path: Path) -
         print("plot: skipped, matplotlib is not installed (pip install matplotlib, or the project's [dev] extra)")
         return None
     grouped = by_arm(runs)
-    at_one, at_r, names = metric_columns(runs)
-    datasets = len({k.split("/", 1)[0] for k in at_one})
+    at_one, at_r, names = metric_columns(runs, metrics)
     fig, axes = plt.subplots(1, len(at_one), figsize=(4.2 * len(at_one), 3.8), squeeze=False)
     colours = plt.get_cmap("tab20")
     for ax, key in zip(axes[0], at_one):
-        for i, arm in enumerate(a for a in order if a in grouped):
+        present = [a for a in order if a in grouped]
+        budgets = [round(100 * grouped[a][0].tokens) for a in present]
+        for i, arm in enumerate(present):
             rows = grouped[arm]
-            x = 100 * rows[0].tokens
+            same = [a for a, b in zip(present, budgets) if b == budgets[i]]  # arms at one budget, side by side
+            x = 100 * rows[0].tokens + 0.8 * (same.index(arm) - (len(same) - 1) / 2)
             for metric, hollow in ((key, False), (_at_r_key(key, at_r), True)):
                 values = [r.metrics[metric] for r in rows if metric and metric in r.metrics]
                 if not values:
@@ -102,7 +114,8 @@ def plot(runs: list[RunRecord], order: list[str], fraction: float, path: Path) -
                 ax.errorbar(x, mean, yerr=std or 0.0, fmt="o", color=colours(i % 20), capsize=3,
                             mfc="none" if hollow else colours(i % 20), label=None if hollow else ARMS[arm].title)
         ax.set_xlabel("image tokens (% of Full)")
-        ax.set_ylabel(f"{column_title(key, names, datasets)} (%)")
+        ax.set_title(key.split("/", 1)[0], fontsize=9)
+        ax.set_ylabel(f"{names.get(key, key.split('/', 1)[1])} (%)")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7, frameon=False)

@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -174,7 +173,7 @@ def arm_config(c: Comparison, name: str, seed: int) -> tuple[dict, int, float]:
         data["governor"] = governor
     sieve = sieve_of(arm, s)
     if sieve:
-        data["keep_list"] = str(c.keep[sieve])
+        data["keep_list"] = str(c.keep.get(sieve) or c.out / "keep" / f"{sieve}.json")
     if arm.selection:
         data.update(selection=arm.selection, keep_ratio=s.fraction, scores=arm.scores or "on_the_fly")
     if arm.juiced:

@@ -42,6 +42,8 @@ class CompareSettings:
     threads: OMP / MKL threads of every command (null: the library default).
     out: work folder (runs, logs, keep lists, sidecars, table, plot); finished runs are reused, so an
         interrupted comparison continues where it stopped.
+    metrics: the metric keys of the table and plot columns (each evaluation callback's ``results.json`` keys, e.g.
+        ``top1``, ``top5``, ``i2t_r1``, ``t2i_r5``, ``mean_recall``); every metric stays in ``results.json``.
     table, plot: output files (null: ``<out>/table.md``, ``<out>/plot.png``).
     dry_run: print the commands, run nothing.
     report_only: run nothing; the table and plot of the runs already in ``out`` (arms and seeds without a run
@@ -72,6 +74,7 @@ class CompareSettings:
     juicer_args: list[str] = field(default_factory=list)
     threads: int | None = None
     out: str = "runs/compare"
+    metrics: list[str] = field(default_factory=lambda: ["top1", "i2t_r1", "t2i_r1"])
     table: str | None = None
     plot: str | None = None
     dry_run: bool = False
