@@ -52,20 +52,19 @@ def metric_columns(runs: list[RunRecord], metrics: list[str] | None = None) -> t
     return at_one, at_r, names
 
 
-def column_title(key: str, names: dict[str, str], datasets: int) -> str:
+def column_title(key: str, names: dict[str, str], fraction: float | None = None) -> str:
+    """The evaluation's own display name (it names the dataset), marked with the keep ratio for an ``@r`` column."""
     dataset, metric = key.split("/", 1)
-    name = names.get(key, metric)
-    return f"{dataset.split('@')[0]} {name}" if datasets > 1 else name
+    name = names.get(key, f"{dataset.split('@')[0]} {metric}")
+    return name if fraction is None or f"r={fraction:g}" in name else f"{name} @ r={fraction:g}"
 
 
 def table(runs: list[RunRecord], order: list[str], fraction: float, metrics: list[str] | None = None) -> str:
     """One row per arm: level, image tokens, each metric at r = 1, then at the training r; minutes per run."""
     grouped = by_arm(runs)
     at_one, at_r, names = metric_columns(runs, metrics)
-    datasets = len({k.split("/", 1)[0] for k in at_one})
-    head = ["method", "level", "image tokens", "steps", "seeds",
-            *[column_title(k, names, datasets) for k in at_one],
-            *[f"{column_title(k, names, datasets)} @ r={fraction:g}" for k in at_r], "minutes / run"]
+    head = ["method", "level", "image tokens", "steps", "seeds", *[column_title(k, names) for k in at_one],
+            *[column_title(k, names, fraction) for k in at_r], "minutes / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in order:
         rows = grouped.get(arm)
