@@ -122,6 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-shards", type=int, default=1, help="use the first N training shards")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="the evidence head's fixed ε (default: calibrated on held-out images by fit_head)")
     p.add_argument("--governor-size", type=int, default=224, help="the imported DINOv2's input size (multiple of 14)")
     p.add_argument("--text-backend", default="transformers", choices=("transformers", "rules", "concat"),
                    help="transformers = SmolLM2 (the default); rules / concat need no model")
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     head = out / "head" / "fashion.safetensors"
     head.parent.mkdir(parents=True, exist_ok=True)
     pipe.run("fit_head", ["preprocess/fit_head.py", f"--root={paths.head_train}", f"--val_root={paths.head_val}",
-                          f"--out={head}", f"--governor={governor}", f"--seed={args.seed}"])
+                          f"--out={head}", f"--governor={governor}", f"--seed={args.seed}",
+                          *([f"--threshold={args.threshold}"] if args.threshold is not None else [])])
 
     sidecars = out / "sidecars"
     run_opts = ["--devices", "1", "--num_workers", "1", "--progress", "false", "--on_mismatch", "overwrite"]
