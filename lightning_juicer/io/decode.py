@@ -11,7 +11,10 @@ where the antialiased resize would filter; tests/test_decode.py bounds it. A mar
 0.15 (worst 1.7) but no reduction at all below ~670 px, where most web images are.
 
 ``gpu_decode`` picks torchvision's nvjpeg decoder (``torchvision.io.decode_jpeg`` on the device) for
-the vision pass when a GPU is present; ``decode_jpegs_on_device`` decodes a batch of JPEG bytes there.
+the vision pass when a GPU is present: the DataLoader workers then hand over the bytes of every complete
+JPEG (``complete_jpeg``) undecoded, and ``decode_on_device`` decodes a batch of them on the device
+(nvjpeg, batched; one image that fails there is returned as None and decoded on the host instead).
+The device path decodes at full size (no draft) and resizes on the device.
 """
 
 from __future__ import annotations
@@ -135,9 +138,36 @@ def gpu_decode(choice: str, device: torch.device | str) -> bool:
     return available
 
 
+def complete_jpeg(data: bytes) -> bool:
+    """JPEG bytes that end with the end-of-image marker (zero padding allowed after it).
+
+    Only these go to the device decoder: a truncated JPEG is decoded on the host, where PIL refuses it
+    (a counted ``corrupt_image``), as on the CPU path; the device decoders may fill its missing rows grey."""
+    return is_jpeg(data) and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+
+
 def decode_jpegs_on_device(datas: list[bytes], device: torch.device | str) -> list[torch.Tensor]:
     """Decode JPEG bytes on the device (nvjpeg, batched): uint8 [3, H, W] tensors there."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+
+
+def decode_on_device(datas: list[bytes], device: torch.device | str) -> list[torch.Tensor | None]:
+    """JPEG bytes decoded on ``device`` (nvjpeg on CUDA, batched; libjpeg-turbo on the CPU), RGB uint8 [3, H, W].
+
+    When the batched call fails, each image is decoded alone; one that still fails is None (the caller
+    decodes it on the host with ``load_rgb``, which handles CMYK and the rest, or counts it corrupt)."""
+    if not datas:
+        return []
+    try:
+        return list(decode_jpegs_on_device(datas, device))
+    except RuntimeError:
+        decoded: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                decoded.append(decode_jpegs_on_device([data], device)[0])
+            except RuntimeError:
+                decoded.append(None)
+        return decoded

@@ -19,12 +19,16 @@ INTERPOLATIONS = {
 }
 
 
+def tensor_crop_transform(image_size: tuple[int, int], interpolation_name: str = "bicubic") -> Callable:
+    """uint8 [3, h, w] tensor (on any device) -> uint8 [3, H, W]: the same resize + centre crop as
+    ``crop_transform``, for images decoded on the device (the vision pass's GPU decode)."""
+    height, width = image_size
+    interpolation = INTERPOLATIONS.get(interpolation_name, T.InterpolationMode.BICUBIC)
+    return T.Compose([T.Resize(max(height, width), interpolation=interpolation, antialias=True),
+                      T.CenterCrop((height, width))])
+
+
 def crop_transform(image_size: tuple[int, int], interpolation_name: str = "bicubic") -> Callable:
     """PIL image -> uint8 [3, H, W]: resize shortest side + centre crop to ``image_size`` (unknown
     interpolation names fall back to bicubic)."""
-    height, width = image_size
-    interpolation = INTERPOLATIONS.get(interpolation_name, T.InterpolationMode.BICUBIC)
-    return T.Compose(
-        [T.Resize(max(height, width), interpolation=interpolation, antialias=True), T.CenterCrop((height, width)),
-         T.PILToTensor()]
-    )
+    return T.Compose([*tensor_crop_transform(image_size, interpolation_name).transforms, T.PILToTensor()])

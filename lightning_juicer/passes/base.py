@@ -21,7 +21,10 @@ compute; an output written with other models or settings is refused at start-up
 ``dataset_for(jobs)``, ``predictor()`` (a LightningModule with ``predict_step``),
 ``keep(batch, prediction)`` (what of a batch to hold until its shard is complete) and
 ``finish_shard(job, shard, counts)`` (write the file, return the manifest fields);
-``plan()`` when a job needs more than its output path.
+``plan()`` when a job needs more than its output path; ``on_device(device)`` to learn the rank's device
+before the data is read. A prediction (a dict) may carry ``SKIPPED``, ``{row: reason}`` for samples the
+model side could not process (e.g. an image the GPU decoder refused): the writer drops those rows and
+counts them with the reader's skips.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 import math
 import time
 import warnings
+from collections import Counter
 from abc import ABC, abstractmethod
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -47,12 +51,13 @@ from lightning_juicer.outputs import check_writable, check_writable_parents
 from lightning_juicer.passes.config import PassSettings, parse_argv
 from lightning_juicer.passes.manifest import ManifestTotals, RankLines, merge_manifests, summary
 from lightning_juicer.passes.trainer import pass_trainer
-from lightning_juicer.passes.reader import ShardJob, plan_jobs
+from lightning_juicer.passes.reader import ShardJob, count_skip, plan_jobs
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=PassSettings)
 # Shards, not a sampler, decide what each batch holds; the writer needs no sample indices.
 warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
+SKIPPED = "skipped"  # a prediction's {row: reason} of samples dropped on the model side (counted skips)
 
 
 class OpenShard:
@@ -118,6 +123,9 @@ class ShardPass(ABC, Generic[S]):
     def predictor(self) -> L.LightningModule:
         """The module whose ``predict_step`` turns a batch into the prediction ``keep`` receives."""
 
+    def on_device(self, device: Any) -> None:
+        """The device this rank runs on, known before ``dataset_for`` is called (default: nothing to do)."""
+
     def keep(self, batch: dict, prediction: Any) -> Any:
         """What of one batch's prediction to hold until its shard is complete (default: tensors as numpy)."""
         return {name: value.detach().cpu().numpy() for name, value in prediction.items()}
@@ -174,6 +182,7 @@ class ShardData(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Split the shards over ranks; keep this rank's finished outputs, clear stale temporary files."""
         rank, world = self.trainer.global_rank, self.trainer.world_size
+        self.shard_pass.on_device(self.trainer.strategy.root_device)
         self.pending, self.existing = [], []
         for job in self.jobs[rank::world]:
             fields = self.shard_pass.existing(job)
@@ -212,6 +221,7 @@ class ShardWriter(BasePredictionWriter):
         self.manifest = manifest
         self.header = header
         self.open: dict[int, OpenShard] = {}
+        self.dropped: dict[int, Counter[str]] = {}  # per open shard: samples dropped on the model side
         self.lines: RankLines | None = None
         self.start = 0.0
         self.scored = 0
@@ -229,13 +239,22 @@ class ShardWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Add a batch to its shard; finish the shard when this is its last batch."""
-        self.open.setdefault(batch["shard"], OpenShard()).add(batch["key"], self.shard_pass.keep(batch, prediction))
+        """Add a batch to its shard (less the rows the prediction skipped); finish the shard at its last batch."""
+        skipped = prediction.pop(SKIPPED, None) if isinstance(prediction, dict) else None
+        keys, part = batch["key"], self.shard_pass.keep(batch, prediction)
+        if skipped:
+            job, dropped = self.jobs[batch["shard"]], self.dropped.setdefault(batch["shard"], Counter())
+            for row, reason in sorted(skipped.items()):
+                count_skip(dropped, reason, keys[row], job.url)
+            rows = [i for i in range(len(keys)) if i not in skipped]
+            keys, part = [keys[i] for i in rows], {name: value[rows] for name, value in part.items()}
+        self.open.setdefault(batch["shard"], OpenShard()).add(keys, part)
         if batch["last"]:
             self.finish(self.jobs[batch["shard"]], self.open.pop(batch["shard"]), batch)
 
     def finish(self, job: ShardJob, shard: OpenShard, batch: dict) -> None:
-        counts = {"in": batch["counts"]["in"], "written": len(shard.keys), "skipped": batch["counts"]["skipped"]}
+        skipped = Counter(batch["counts"]["skipped"]) + self.dropped.pop(job.index, Counter())
+        counts = {"in": batch["counts"]["in"], "written": len(shard.keys), "skipped": dict(sorted(skipped.items()))}
         if batch["error"]:
             log.error("%s: shard %s could not be read to its end (%s); no output written", self.shard_pass.label,
                       job.url, batch["error"])

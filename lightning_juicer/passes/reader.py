@@ -6,6 +6,10 @@ batch flagged and carrying the shard's counts, so the pass's writer can finish t
 its last batch arrives. Bad samples are counted skips: ``no_image``, ``corrupt_image``,
 ``duplicate_key``, ``no_caption`` (when captions are read) and ``bad_key`` (a tar member without a
 key); a shard that cannot be read to its end carries ``error``.
+
+With ``encoded`` (the vision pass decoding on the GPU) complete JPEGs are not decoded in the worker:
+their rows of ``image`` are zeros and the batch carries their bytes (``jpeg``) and rows (``jpeg_rows``)
+for the device to decode; other formats and truncated JPEGs are decoded here as usual.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from lightning_juicer.errors import ConfigError
-from lightning_juicer.io.decode import DraftedDecoder
+from lightning_juicer.io.decode import DraftedDecoder, complete_jpeg
 from lightning_juicer.io.shards import expand_shards, shard_sizes
 from lightning_juicer.io.tars import CAPTION_EXTS, IMAGE_EXTS, tar_samples
 
@@ -79,12 +83,14 @@ def _caption(sample: dict) -> str | None:
 
 
 def shard_batches(
-    job: ShardJob, transform: Callable, batch_size: int, image_size: tuple[int, int], captions: bool = False
+    job: ShardJob, transform: Callable, batch_size: int, image_size: tuple[int, int], captions: bool = False,
+    encoded: bool = False,
 ) -> Iterator[dict]:
     """One shard as batches ``{shard, key, image uint8, last, counts, error}``; the last one carries the counts.
 
     With ``captions`` the batches also carry ``caption`` (str list) and a sample without a readable
-    caption is a counted ``no_caption`` skip.
+    caption is a counted ``no_caption`` skip. With ``encoded`` complete JPEGs stay undecoded (``jpeg``,
+    ``jpeg_rows``; see the module's docstring).
     """
     errors: list[str] = []
 
@@ -100,7 +106,7 @@ def shard_batches(
     counts: Counter[str] = Counter()
     seen: set[str] = set()
     keys: list[str] = []
-    images: list[torch.Tensor] = []
+    images: list[torch.Tensor | bytes] = []
     texts: list[str | None] = []
     held: dict | None = None
     total = 0
@@ -115,7 +121,7 @@ def shard_batches(
             count_skip(counts, reason, key, job.url)
             continue
         try:
-            image = transform(decode(data))
+            image = data if encoded and complete_jpeg(data) else transform(decode(data))
         except Exception as exn:  # PIL raises many types for broken files
             count_skip(counts, "corrupt_image", key, job.url, repr(exn))
             continue
@@ -137,10 +143,16 @@ def shard_batches(
 
 
 def _batch(
-    job: ShardJob, keys: list[str], images: list[torch.Tensor], image_size: tuple[int, int], texts: list | None
+    job: ShardJob, keys: list[str], images: list[torch.Tensor | bytes], image_size: tuple[int, int], texts: list | None
 ) -> dict:
-    stacked = torch.stack(images) if images else torch.empty(0, 3, *image_size, dtype=torch.uint8)
+    """Stack the decoded images; undecoded JPEG bytes leave a zero row and go to ``jpeg`` / ``jpeg_rows``."""
+    rows = [i for i, image in enumerate(images) if isinstance(image, bytes)]
+    blank = torch.zeros(3, *image_size, dtype=torch.uint8)
+    decoded = [blank if isinstance(image, bytes) else image for image in images]
+    stacked = torch.stack(decoded) if decoded else torch.empty(0, 3, *image_size, dtype=torch.uint8)
     batch = {"shard": job.index, "key": list(keys), "image": stacked, "last": False, "counts": None, "error": None}
+    if rows:
+        batch.update(jpeg=[images[i] for i in rows], jpeg_rows=rows)
     if texts is not None:
         batch["caption"] = list(texts)
     return batch
@@ -150,8 +162,9 @@ class ShardBatches(IterableDataset):
     """Whole shards per DataLoader worker (webdataset's ``split_by_worker``), batched within each shard."""
 
     def __init__(self, jobs: list[ShardJob], transform: Callable, batch_size: int, image_size: tuple[int, int],
-                 captions: bool = False) -> None:
+                 captions: bool = False, encoded: bool = False) -> None:
         super().__init__()
+        self.encoded = encoded
         self.jobs = jobs
         self.transform = transform
         self.batch_size = batch_size
@@ -160,4 +173,5 @@ class ShardBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         for job in wds.split_by_worker(self.jobs):
-            yield from shard_batches(job, self.transform, self.batch_size, self.image_size, self.captions)
+            yield from shard_batches(job, self.transform, self.batch_size, self.image_size, self.captions,
+                                     self.encoded)

@@ -5,7 +5,8 @@
 
 **Geometry.** Images are decoded in the DataLoader workers, resized (shortest side, the governor's
 interpolation) and centre-cropped to the governor's image size, and normalised on the device with
-the governor's mean / std. This is open_clip's eval transform (``resize_mode="shortest"``), the one
+the governor's mean / std. On a GPU (``decode: auto``) JPEGs are instead decoded on the device
+(nvjpeg) and resized and cropped there, the same geometry (``io.decode``). This is open_clip's eval transform (``resize_mode="shortest"``), the one
 the student uses (``DataSpec.image_transform``): both crops are the central square of the original
 image whatever the sizes, so governor grid cells and student grid cells cover the same image
 regions (grids of different sizes are resampled at selection time).
@@ -23,7 +24,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import open_clip
@@ -38,9 +39,10 @@ from lightning_juicer.governor.scoring import PatchScorer
 from lightning_juicer.governor.settings import GovernorSettings
 from lightning_juicer.io.sidecar import SUFFIX, USE_TIME_SETTINGS, SidecarRows, check_sidecar, governor_id
 from lightning_juicer.io.sidecar import sidecar_path, write_sidecar
-from lightning_juicer.passes.base import OpenShard, ShardPass, pass_command
+from lightning_juicer.io.decode import decode_on_device, gpu_decode, load_rgb
+from lightning_juicer.passes.base import SKIPPED, OpenShard, ShardPass, pass_command
 from lightning_juicer.passes.config import PassSettings, to_settings
-from lightning_juicer.io.transforms import crop_transform
+from lightning_juicer.io.transforms import crop_transform, tensor_crop_transform
 from lightning_juicer.passes.reader import ShardBatches, ShardJob
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ class VisionSettings(PassSettings):
             file records (calibrated by preprocess/fit_head.py; 1.0 when it abstains), else 0.7.
         max_classes: evidence N: at most this many classes at use time (0: no evidence).
         top_k_classes: classes + probabilities stored per sample.
+        decode: JPEG decoding: auto = on the GPU (nvjpeg, full size, resized there) when the pass runs on
+            one, else in the DataLoader workers (reduced-size draft); cpu = always in the workers; gpu = on
+            the GPU or a one-line error.
     """
 
     sidecar_dir: str | None = None
@@ -65,6 +70,7 @@ class VisionSettings(PassSettings):
     threshold: float | None = None
     max_classes: NonNegativeInt = 3
     top_k_classes: NonNegativeInt = 5
+    decode: Literal["auto", "cpu", "gpu"] = "auto"
 
     def check(self) -> None:
         super().check()
@@ -158,19 +164,40 @@ def load_pass_governor(settings: VisionSettings) -> Governor:
 
 
 class GovernorPredictor(L.LightningModule):
-    """Normalises uint8 batches, runs the frozen governor and its head: scores [B, m], top classes and probs."""
+    """Normalises uint8 batches, runs the frozen governor and its head: scores [B, m], top classes and probs.
+
+    A batch read with undecoded JPEGs (``jpeg`` / ``jpeg_rows``, the GPU decode path) has them decoded,
+    resized and cropped on the device first; one the device cannot decode is decoded on the host, and one
+    that fails there too is a ``corrupt_image`` skip (the prediction's ``SKIPPED``)."""
 
     def __init__(self, governor: Governor, top_k_classes: int) -> None:
         super().__init__()
         self.scorer = governor.scorer
         self.head = governor.head
         self.top_k = min(top_k_classes, len(self.head.classnames)) if self.head is not None else 0
+        self.crop = tensor_crop_transform(self.scorer.image_size, self.scorer.interpolation)
+        self.host_crop = crop_transform(self.scorer.image_size, self.scorer.interpolation)
         self.register_buffer("mean", torch.tensor(self.scorer.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.scorer.std).view(1, -1, 1, 1), persistent=False)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+    def decode_jpegs(self, batch: dict) -> tuple[torch.Tensor, dict[int, str]]:
+        """The batch's images with its undecoded JPEGs decoded on the device, and the rows that failed."""
+        images, failed = batch["image"], {}
+        rows = batch.get("jpeg_rows") or []
+        if not rows:
+            return images, failed
+        images = images.clone()
+        for row, data, decoded in zip(rows, batch["jpeg"], decode_on_device(batch["jpeg"], self.device)):
+            try:
+                images[row] = self.crop(decoded) if decoded is not None else self.host_crop(load_rgb(data)).to(self.device)
+            except Exception as exn:  # PIL raises many types for broken files
+                failed[row] = "corrupt_image"
+                log.debug("vision pass: %s failed to decode on the device and the host: %r", batch["key"][row], exn)
+        return images, failed
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
         """Patch scores and top-k class evidence for one batch (empty tensors for an empty batch)."""
-        images = batch["image"]
+        images, failed = self.decode_jpegs(batch)
         n, m = images.shape[0], self.scorer.num_patches
         if n == 0:
             empty = torch.empty(0, self.top_k)
@@ -181,7 +208,8 @@ class GovernorPredictor(L.LightningModule):
         else:
             with torch.autocast(self.device.type, enabled=False):
                 probs, classes = self.head(out.cls.float()).topk(self.top_k, dim=-1)
-        return {"scores": out.scores.float(), "classes": classes, "probs": probs.float()}
+        prediction = {"scores": out.scores.float(), "classes": classes, "probs": probs.float()}
+        return {**prediction, SKIPPED: failed} if failed else prediction
 
 
 class VisionPass(ShardPass[VisionSettings]):
@@ -194,6 +222,7 @@ class VisionPass(ShardPass[VisionSettings]):
     output_what = "sidecar"
     written = "in sidecars"
     governor: Governor
+    device_decode: bool = False
 
     def output_path(self, url: str) -> Path:
         return sidecar_path(url, self.settings.sidecar_dir)
@@ -216,10 +245,14 @@ class VisionPass(ShardPass[VisionSettings]):
             return self.mismatched(error)
         return info.extra.get("counts") or {"in": info.num_rows, "written": info.num_rows, "skipped": {}}
 
+    def on_device(self, device: Any) -> None:
+        """JPEGs are decoded on ``device`` when it is a GPU (``decode: auto``) or ``decode: gpu`` asks for it."""
+        self.device_decode = gpu_decode(self.settings.decode, device)
+
     def dataset_for(self, jobs: list[ShardJob]) -> ShardBatches:
         scorer = self.governor.scorer
         transform = crop_transform(scorer.image_size, scorer.interpolation)
-        return ShardBatches(jobs, transform, self.settings.batch_size, scorer.image_size)
+        return ShardBatches(jobs, transform, self.settings.batch_size, scorer.image_size, encoded=self.device_decode)
 
     def predictor(self) -> GovernorPredictor:
         return GovernorPredictor(self.governor, self.settings.top_k_classes)
