@@ -9,6 +9,7 @@ fit time ~ N^b per sieve (N log N over 100k-1M reads as b ~ 1.06; N^2 as 2).
     nice python benchmarks/sieve_scaling.py                            # 100k, 300k, 1M
     python benchmarks/sieve_scaling.py --sizes 20000 60000 --sieves d2  # a quick check
     python benchmarks/sieve_scaling.py --recall 1000000                # IVF kNN recall@k vs exact on 1M
+    python benchmarks/sieve_scaling.py --recall 1000000 --clusters 1000 # ... on clustered rows (closer to real data)
 
 Settings are those of configs/preprocess/sieve.yaml except where the cost would be N x something
 large on a 2-core CPU: ``--cluster-size`` (clusters = N / cluster size, so SemDeDup's pairwise step
@@ -42,6 +43,21 @@ def unit_rows(n: int, seed: int, dim: int = DIM) -> np.ndarray:
         block = rng.standard_normal((min(CHUNK, n - start), dim), dtype=np.float32)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         out[start : start + len(block)] = block
+    return out
+
+
+def clustered_rows(n: int, seed: int, clusters: int, spread: float, dim: int = DIM) -> np.ndarray:
+    """n unit rows around ``clusters`` random unit centres: normalise(centre + spread * random unit direction),
+    so a row's cosine to its centre is 1 / sqrt(1 + spread^2) (0.71 at spread 1) and to another row of its
+    cluster ~1 / (1 + spread^2): a crude stand-in for embeddings of real data, which are far from uniform."""
+    rng = np.random.default_rng(seed)
+    centres = unit_rows(clusters, seed + 1, dim)
+    out = unit_rows(n, seed + 2, dim)
+    for start in range(0, n, CHUNK):
+        block = out[start : start + CHUNK]
+        block *= spread
+        block += centres[rng.integers(0, clusters, len(block))]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
@@ -101,14 +117,15 @@ def recall(n: int, args: argparse.Namespace) -> None:
 
     from lightning_juicer.sieves.neighbors import _chunked, _index, ivf_lists
 
-    x = unit_rows(n, 1)
+    x = clustered_rows(n, 1, args.clusters, args.spread) if args.clusters else unit_rows(n, 1)
     queries = x[np.random.default_rng(0).choice(n, 1000, replace=False)]
     _, exact = _index(x, False).search(queries, args.knn + 1)
     nlist = ivf_lists(n)
     start = time.perf_counter()
     index = _index(x, False, nlist, 1)
     build = time.perf_counter() - start
-    print(f"IVF on {n:,} x {DIM}: nlist {nlist}, build (train + add) {build:.1f} s, {faiss.omp_get_max_threads()} threads")
+    data = f"{args.clusters} clusters, spread {args.spread}" if args.clusters else "uniform random unit rows"
+    print(f"IVF on {n:,} x {DIM} ({data}): nlist {nlist}, build (train + add) {build:.1f} s, {faiss.omp_get_max_threads()} threads")
     for nprobe in args.nprobes:
         index.nprobe = nprobe
         start = time.perf_counter()
@@ -137,6 +154,9 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=8, help="D2's IVF nprobe above EXACT_KNN_MAX rows")
     parser.add_argument("--nprobes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--recall", type=int, help="only measure IVF kNN recall on this many rows")
+    parser.add_argument("--clusters", type=int, default=0,
+                        help="--recall on rows around this many centres (0: uniform random unit rows)")
+    parser.add_argument("--spread", type=float, default=1.0, help="--clusters: noise norm around a centre")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

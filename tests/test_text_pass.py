@@ -392,7 +392,8 @@ def test_ranks_take_whole_shards_and_missing_vision_sidecars_fail(tiny_synthetic
     taken = []
     for rank in range(2):
         module = ShardData(shard_pass, jobs)
-        module.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        module.trainer = SimpleNamespace(global_rank=rank, world_size=2,
+                                         strategy=SimpleNamespace(root_device=torch.device("cpu")))
         module.setup("predict")
         taken.append([job.index for job in module.pending])
         assert module.num_batches == 4 * len(module.pending)  # 64 rows per shard, batch 16
