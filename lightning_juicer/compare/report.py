@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -113,8 +114,8 @@ def plot(runs: list[RunRecord], order: list[str], fraction: float, path: Path,
                 ax.errorbar(x, mean, yerr=std or 0.0, fmt="o", color=colours(i % 20), capsize=3,
                             mfc="none" if hollow else colours(i % 20), label=None if hollow else ARMS[arm].title)
         ax.set_xlabel("image tokens (% of Full)")
-        ax.set_title(key.split("/", 1)[0], fontsize=9)
-        ax.set_ylabel(f"{names.get(key, key.split('/', 1)[1])} (%)")
+        ax.set_title(textwrap.fill(names.get(key, key.split("/", 1)[0]), 48), fontsize=8)  # long names wrap
+        ax.set_ylabel(f"{key.split('/', 1)[1]} (%)")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7, frameon=False)
