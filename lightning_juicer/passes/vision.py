@@ -181,12 +181,12 @@ class GovernorPredictor(L.LightningModule):
         self.register_buffer("std", torch.tensor(self.scorer.std).view(1, -1, 1, 1), persistent=False)
 
     def decode_jpegs(self, batch: dict) -> tuple[torch.Tensor, dict[int, str]]:
-        """The batch's images with its undecoded JPEGs decoded on the device, and the rows that failed."""
+        """The batch's images with its undecoded JPEGs decoded on the device (their zero rows filled in place),
+        and the rows that failed."""
         images, failed = batch["image"], {}
         rows = batch.get("jpeg_rows") or []
         if not rows:
             return images, failed
-        images = images.clone()
         for row, data, decoded in zip(rows, batch["jpeg"], decode_on_device(batch["jpeg"], self.device)):
             try:
                 images[row] = self.crop(decoded) if decoded is not None else self.host_crop(load_rgb(data)).to(self.device)
