@@ -86,39 +86,31 @@ class EmbeddingSet:
         return len(self.keys)
 
 
-def _stack_float32(parts: list[np.ndarray]) -> np.ndarray:
-    """The files' rows as one float32 array, each part cast into place and released (no float16 concatenation)."""
-    out = np.empty((sum(len(p) for p in parts), parts[0].shape[1]), dtype=np.float32)
-    offset = 0
-    for i, part in enumerate(parts):
-        out[offset : offset + len(part)] = part
-        offset += len(part)
-        parts[i] = None  # type: ignore[call-overload]  # the file's float16 rows are freed as soon as they are copied
-    return out
-
-
 def read_embeddings(paths: list[str | Path], columns: tuple[str, ...] | None = None) -> EmbeddingSet:
     """Load embeddings files (all must hold the same fields) into one EmbeddingSet.
 
     ``columns``: load only these embedding columns (None: all); a sieve reads only what it needs, which
-    bounds the memory of a million-row run."""
+    bounds the memory of a million-row run. The row counts come from the files' footers first, so each
+    column is one preallocated float32 array that every file's float16 rows are cast into and released
+    (the peak is the float32 arrays plus one file, not plus a float16 copy of everything)."""
     if not paths:
         raise ConfigError("embeddings: no embeddings files given; run `python -m lightning_juicer embeddings` first")
+    metas = [embeddings_meta(path) for path in paths]
+    total = sum(rows for _, rows in metas)
     keys: list[str] = []
     shard_urls: list[str] = []
     rows_per_file: list[int] = []
-    parts: dict[str, list[np.ndarray]] = {}
-    temperature, fields = None, None
-    for path in paths:
-        meta, _ = embeddings_meta(path)
+    arrays: dict[str, np.ndarray] = {}
+    temperature, fields, offset = None, None, 0
+    for path, (meta, _) in zip(paths, metas):
         present = pq.read_schema(path).names
         names = tuple(n for n in FIELDS if n in present)
         wanted = names if columns is None else tuple(n for n in names if n in columns)
-        table = pq.read_table(path, columns=["key", *wanted])  # only the columns asked for leave the file
         if fields is None:
             fields = names
         elif names != fields:
             raise ConfigError(f"embeddings: {path} holds {names}, the first file holds {fields}; rerun the pass")
+        table = pq.read_table(path, columns=["key", *wanted])  # only the columns asked for leave the file
         temperature = meta.get("temperature") if temperature is None else temperature
         rows = table.num_rows
         keys.extend(table.column("key").to_pylist())
@@ -127,8 +119,15 @@ def read_embeddings(paths: list[str | Path], columns: tuple[str, ...] | None = N
         for name in wanted:
             column = table.column(name).combine_chunks()
             dim = column.type.list_size if rows else meta["dims"][name]
-            parts.setdefault(name, []).append(column.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim))
+            if name not in arrays:
+                arrays[name] = np.empty((total, dim), dtype=np.float32)
+            elif arrays[name].shape[1] != dim:
+                raise ConfigError(f"embeddings: {path} has {name} of dimension {dim}, the first file "
+                                  f"{arrays[name].shape[1]}; rerun the pass")
+            arrays[name][offset : offset + rows] = column.flatten().to_numpy(zero_copy_only=False).reshape(rows, dim)
+            del column
+        offset += rows
+        del table  # this file's rows are copied: release them before the next file is read
     ids = shard_ids(shard_urls, unique="embeddings")
     shards = [ident for ident, rows in zip(ids, rows_per_file) for _ in range(rows)]
-    arrays = {name: _stack_float32(p) for name, p in parts.items()}
     return EmbeddingSet(keys, shards, arrays, temperature, [str(p) for p in paths])
