@@ -164,12 +164,12 @@ class ShardBatches(IterableDataset):
     def __init__(self, jobs: list[ShardJob], transform: Callable, batch_size: int, image_size: tuple[int, int],
                  captions: bool = False, encoded: bool = False) -> None:
         super().__init__()
-        self.encoded = encoded
         self.jobs = jobs
         self.transform = transform
         self.batch_size = batch_size
         self.image_size = image_size
         self.captions = captions
+        self.encoded = encoded
 
     def __iter__(self) -> Iterator[dict]:
         for job in wds.split_by_worker(self.jobs):

@@ -5,11 +5,12 @@
 
 **Geometry.** Images are decoded in the DataLoader workers, resized (shortest side, the governor's
 interpolation) and centre-cropped to the governor's image size, and normalised on the device with
-the governor's mean / std. On a GPU (``decode: auto``) JPEGs are instead decoded on the device
-(nvjpeg) and resized and cropped there, the same geometry (``io.decode``). This is open_clip's eval transform (``resize_mode="shortest"``), the one
+the governor's mean / std. This is open_clip's eval transform (``resize_mode="shortest"``), the one
 the student uses (``DataSpec.image_transform``): both crops are the central square of the original
 image whatever the sizes, so governor grid cells and student grid cells cover the same image
-regions (grids of different sizes are resampled at selection time).
+regions (grids of different sizes are resampled at selection time). On a GPU (``decode: auto``)
+complete JPEGs are instead decoded on the device (nvjpeg) and resized and cropped there with the same
+geometry (``io.decode.decode_on_device``, ``io.transforms.tensor_crop_transform``).
 
 **Resuming.** A shard whose sidecar exists and matches the configured governor, grid and settings
 is skipped (``existing``); one written with another governor or settings is refused at start-up
