@@ -2,7 +2,8 @@
 
     python benchmarks/gpu_suite.py --out gpu_results            # then copy the printed block into docs/benchmarks.md
 
-Sections (each runs even if an earlier one fails; all results also go to <out>/gpu_suite.json):
+Sections (each runs even if an earlier one fails; the results so far are written to <out>/gpu_suite.json
+after every section, so a run stopped at its time limit still returns what it measured):
 
 1. sync   -- ``torch.cuda.set_sync_debug_mode("error")`` around Lightning training steps of a ViT-B/16
              JuicerCLIP (bf16, fused AdamW, non-finite guard on ``skip``, one poisoned batch, the throughput
@@ -43,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS: dict[str, object] = {}
+RESULTS_FILE: Path | None = None
 
 
 class Setup:
@@ -90,6 +92,8 @@ def section(name: str):
                 traceback.print_exc()
                 RESULTS[name] = {"error": repr(exn)}
             print(f"--- {name}: {RESULTS[name]} ({time.perf_counter() - start:.0f} s)", flush=True)
+            if RESULTS_FILE is not None:
+                RESULTS_FILE.write_text(json.dumps(RESULTS, indent=2, default=str))
         return run
     return wrap
 
@@ -251,8 +255,10 @@ def main() -> None:
         args.images, args.workers = min(args.images, 48), min(args.workers, 2)
     elif not torch.cuda.is_available():
         sys.exit("gpu_suite: no CUDA device here; every section needs one (--smoke checks the script on the CPU)")
+    global RESULTS_FILE
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE = out / "gpu_suite.json"
     tmp = Path(tempfile.mkdtemp())
     from concurrent.futures import ProcessPoolExecutor
 
@@ -260,6 +266,8 @@ def main() -> None:
 
     name = torch.cuda.get_device_name() if Setup.cuda() else "CPU (smoke check: figures meaningless)"
     print(f"device: {name}, torch {torch.__version__}", flush=True)
+    RESULTS["setup"] = {"device": name, "torch": torch.__version__, "smoke": args.smoke, "images": args.images,
+                        "workers": args.workers, "model": Setup.model, "batch": Setup.batch}
     with ProcessPoolExecutor(args.workers) as pool:  # build the JPEGs in parallel (distinct seeds)
         parts = list(pool.map(web_images, [args.images // args.workers + 1] * args.workers, range(args.workers)))
     images = [d for part in parts for d in part][: args.images]
@@ -275,7 +283,6 @@ def main() -> None:
         online_check()
     if "train" not in args.skip:
         train_check(out)
-    (out / "gpu_suite.json").write_text(json.dumps(RESULTS, indent=2, default=str))
     print("\n=== summary ===\n" + json.dumps(RESULTS, indent=2, default=str))
 
 
