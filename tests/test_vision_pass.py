@@ -193,6 +193,9 @@ def test_device_decode_path_scores_like_the_worker_path_and_counts_the_same_skip
     samples[3]["jpg"] = samples[3]["jpg"][: len(samples[3]["jpg"]) // 3]  # truncated: decoded (and refused) on the host
     samples[5]["jpg"] = b"\xff\xd8\xff" + b"\x00garbage" * 40 + b"\xff\xd9"  # a complete-looking JPEG neither decodes
     samples[6]["jpg"] = b"not a jpeg at all"
+    png = io.BytesIO()
+    load_rgb(samples[8].pop("jpg")).save(png, "PNG")
+    samples[8]["png"] = png.getvalue()  # not a JPEG: decoded in the worker, its row assembled with the device's
     bad = _write_tar(tmp_path / "bad.tar", samples)
     cfg = _cfg(data, governor_dir, tmp_path / "workers", shards=[bad, _shards(data)[1]])  # the second: 64 px as made
     on_workers = run_vision_pass(cfg)
@@ -200,8 +203,17 @@ def test_device_decode_path_scores_like_the_worker_path_and_counts_the_same_skip
     handed, real_decode = [], vision.decode_on_device
     monkeypatch.setattr(vision, "gpu_decode", lambda choice, device: choice != "cpu")
     monkeypatch.setattr(vision, "decode_on_device", lambda datas, device: handed.extend(datas) or real_decode(datas, device))
+    transferred, real_assemble = [], vision.GovernorPredictor.decode_jpegs
+
+    def assemble(self, batch):
+        transferred.append((len(batch["image"]), len(batch.get("jpeg_rows") or []), len(batch["key"])))
+        return real_assemble(self, batch)
+
+    monkeypatch.setattr(vision.GovernorPredictor, "decode_jpegs", assemble)
     on_device = run_vision_pass({**cfg, "sidecar_dir": str(tmp_path / "device"), "batch_size": 7})
-    assert len(handed) == 32 + 32 - 2  # every complete JPEG (the garbage one too), not the truncated one or the text
+    assert len(handed) == 32 + 32 - 3  # every complete JPEG (the garbage one too), not the truncated one, text or PNG
+    # the batch's image tensor holds only the rows the workers decoded: none for the JPEGs the device decodes
+    assert all(image + jpeg == n for image, jpeg, n in transferred) and sum(t[0] for t in transferred) == 1
     for a, b in zip(on_workers["shards"], on_device["shards"]):
         assert {k: a[k] for k in ("in", "written", "skipped")} == {k: b[k] for k in ("in", "written", "skipped")}
     assert on_device["shards"][0]["skipped"] == {"corrupt_image": 3} and on_device["shards"][0]["written"] == 29

@@ -8,8 +8,9 @@ its last batch arrives. Bad samples are counted skips: ``no_image``, ``corrupt_i
 key); a shard that cannot be read to its end carries ``error``.
 
 With ``encoded`` (the vision pass decoding on the GPU) complete JPEGs are not decoded in the worker:
-their rows of ``image`` are zeros and the batch carries their bytes (``jpeg``) and rows (``jpeg_rows``)
-for the device to decode; other formats and truncated JPEGs are decoded here as usual.
+the batch carries their bytes (``jpeg``) and rows (``jpeg_rows``) for the device to decode, and
+``image`` holds only the other rows, in order (other formats and truncated JPEGs, decoded here as
+usual): nothing is stacked, pinned or transferred for the rows the device fills.
 """
 
 from __future__ import annotations
@@ -145,10 +146,9 @@ def shard_batches(
 def _batch(
     job: ShardJob, keys: list[str], images: list[torch.Tensor | bytes], image_size: tuple[int, int], texts: list | None
 ) -> dict:
-    """Stack the decoded images; undecoded JPEG bytes leave a zero row and go to ``jpeg`` / ``jpeg_rows``."""
+    """Stack the decoded images; undecoded JPEG bytes go to ``jpeg`` / ``jpeg_rows`` (not into ``image``)."""
     rows = [i for i, image in enumerate(images) if isinstance(image, bytes)]
-    blank = torch.zeros(3, *image_size, dtype=torch.uint8)
-    decoded = [blank if isinstance(image, bytes) else image for image in images]
+    decoded = [image for image in images if not isinstance(image, bytes)]
     stacked = torch.stack(decoded) if decoded else torch.empty(0, 3, *image_size, dtype=torch.uint8)
     batch = {"shard": job.index, "key": list(keys), "image": stacked, "last": False, "counts": None, "error": None}
     if rows:

@@ -167,9 +167,10 @@ def load_pass_governor(settings: VisionSettings) -> Governor:
 class GovernorPredictor(L.LightningModule):
     """Normalises uint8 batches, runs the frozen governor and its head: scores [B, m], top classes and probs.
 
-    A batch read with undecoded JPEGs (``jpeg`` / ``jpeg_rows``, the GPU decode path) has them decoded,
-    resized and cropped on the device first; one the device cannot decode is decoded on the host, and one
-    that fails there too is a ``corrupt_image`` skip (the prediction's ``SKIPPED``)."""
+    A batch read with undecoded JPEGs (``jpeg`` / ``jpeg_rows``, the GPU decode path; ``image`` then holds
+    only the other rows) is assembled on the device: its JPEGs decoded, resized and cropped there; one the
+    device cannot decode is decoded on the host, and one that fails there too is a ``corrupt_image`` skip
+    (the prediction's ``SKIPPED``, its row left black)."""
 
     def __init__(self, governor: Governor, top_k_classes: int) -> None:
         super().__init__()
@@ -182,16 +183,21 @@ class GovernorPredictor(L.LightningModule):
         self.register_buffer("std", torch.tensor(self.scorer.std).view(1, -1, 1, 1), persistent=False)
 
     def decode_jpegs(self, batch: dict) -> tuple[torch.Tensor, dict[int, str]]:
-        """The batch's images with its undecoded JPEGs decoded on the device (their zero rows filled in place),
-        and the rows that failed."""
+        """The batch's images [len(key), 3, H, W] on the device, its undecoded JPEGs decoded there, and the rows
+        that failed."""
         images, failed = batch["image"], {}
         rows = batch.get("jpeg_rows") or []
         if not rows:
             return images, failed
+        worker_rows = sorted(set(range(len(batch["key"]))) - set(rows))
+        assembled = images.new_empty((len(batch["key"]), *images.shape[1:]))
+        assembled[worker_rows] = images
+        images = assembled
         for row, data, decoded in zip(rows, batch["jpeg"], decode_on_device(batch["jpeg"], self.device)):
             try:
                 images[row] = self.crop(decoded) if decoded is not None else self.host_crop(load_rgb(data)).to(self.device)
             except Exception as exn:  # PIL raises many types for broken files
+                images[row] = 0
                 failed[row] = "corrupt_image"
                 log.debug("vision pass: %s failed to decode on the device and the host: %r", batch["key"][row], exn)
         return images, failed
@@ -199,7 +205,7 @@ class GovernorPredictor(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
         """Patch scores and top-k class evidence for one batch (empty tensors for an empty batch)."""
         images, failed = self.decode_jpegs(batch)
-        n, m = images.shape[0], self.scorer.num_patches
+        n, m = len(images), self.scorer.num_patches
         if n == 0:
             empty = torch.empty(0, self.top_k)
             return {"scores": torch.empty(0, m), "classes": empty.long(), "probs": empty}
