@@ -10,6 +10,7 @@ fit time ~ N^b per sieve (N log N over 100k-1M reads as b ~ 1.06; N^2 as 2).
     python benchmarks/sieve_scaling.py --sizes 20000 60000 --sieves d2  # a quick check
     python benchmarks/sieve_scaling.py --recall 1000000                # IVF kNN recall@k vs exact on 1M
     python benchmarks/sieve_scaling.py --recall 1000000 --clusters 1000 # ... on clustered rows (closer to real data)
+    python benchmarks/sieve_scaling.py --sieves d2 --knn-index hnsw --clusters 5000  # D2 with HNSW, clustered rows
 
 Settings are those of configs/preprocess/sieve.yaml except where the cost would be N x something
 large on a 2-core CPU: ``--cluster-size`` (clusters = N / cluster size, so SemDeDup's pairwise step
@@ -82,7 +83,7 @@ def sieve_settings(sieve: str, n: int, args: argparse.Namespace, tmp: str) -> di
         return {"target": f"{tmp}/target.emb.parquet"}
     return {"cluster": clustered, "semdedup": clustered, "d4": clustered,
             "neg_clip_loss": {"batch_size": args.batch_size, "repeats": args.repeats, "temperature": 0.01},
-            "d2": {"knn": args.knn, "nprobe": args.nprobe}}.get(sieve, {})
+            "d2": {"knn": args.knn, "nprobe": args.nprobe, "index": args.knn_index, "ef_search": args.ef_search}}.get(sieve, {})
 
 
 def run_one(sieve: str, n: int, args: argparse.Namespace) -> dict:
@@ -100,7 +101,8 @@ def run_one(sieve: str, n: int, args: argparse.Namespace) -> dict:
         settings = sieve_settings(sieve, n, args, tmp)
         chosen = SIEVES.build(sieve, **settings)
         columns = chosen.columns()
-        arrays = {name: unit_rows(n, seed) for seed, name in enumerate(("image", "text"), 1) if name in columns}
+        rows = (lambda n, seed: clustered_rows(n, seed, args.clusters, args.spread)) if args.clusters else unit_rows
+        arrays = {name: rows(n, seed) for seed, name in enumerate(("image", "text"), 1) if name in columns}
         data_mb = rss_mb()
         n_keep = n // 2
         start, cpu_start = time.perf_counter(), cpu_seconds()
@@ -112,19 +114,33 @@ def run_one(sieve: str, n: int, args: argparse.Namespace) -> dict:
 
 
 def recall(n: int, args: argparse.Namespace) -> None:
-    """IVF kNN (the sieves' setting above EXACT_KNN_MAX) against exact search for 1000 query rows."""
+    """IVF (or HNSW) kNN, the sieves' index above EXACT_KNN_MAX, against exact search for 1000 query rows."""
     import faiss
 
-    from lightning_juicer.sieves.neighbors import _chunked, _index, ivf_lists
+    from lightning_juicer.sieves.neighbors import _chunked, _hnsw, _index, ivf_lists
 
     x = clustered_rows(n, 1, args.clusters, args.spread) if args.clusters else unit_rows(n, 1)
     queries = x[np.random.default_rng(0).choice(n, 1000, replace=False)]
     _, exact = _index(x, False).search(queries, args.knn + 1)
+    data = f"{args.clusters} clusters, spread {args.spread}" if args.clusters else "uniform random unit rows"
+    if args.knn_index == "hnsw":
+        start, cpu = time.perf_counter(), cpu_seconds()
+        index = _hnsw(x, args.ef_search)
+        print(f"HNSW on {n:,} x {DIM} ({data}): build {time.perf_counter() - start:.1f} s, {cpu_seconds() - cpu:.1f} CPU s, "
+              f"{faiss.omp_get_max_threads()} threads")
+        for ef in args.efs:
+            index.hnsw.efSearch = ef
+            start, cpu = time.perf_counter(), cpu_seconds()
+            _, found = _chunked(index, queries, args.knn + 1)
+            per_query = (cpu_seconds() - cpu) / len(queries)
+            hits = np.mean([len(set(a[1:]) & set(b[1:])) / args.knn for a, b in zip(exact, found)])
+            print(f"  ef_search {ef:4d}: recall@{args.knn} {hits:.3f}, {per_query * 1e3:.2f} CPU ms/query "
+                  f"-> all {n:,} rows ~{per_query * n / 60:.1f} CPU min")
+        return
     nlist = ivf_lists(n)
     start = time.perf_counter()
     index = _index(x, False, nlist, 1)
     build = time.perf_counter() - start
-    data = f"{args.clusters} clusters, spread {args.spread}" if args.clusters else "uniform random unit rows"
     print(f"IVF on {n:,} x {DIM} ({data}): nlist {nlist}, build (train + add) {build:.1f} s, {faiss.omp_get_max_threads()} threads")
     for nprobe in args.nprobes:
         index.nprobe = nprobe
@@ -153,9 +169,12 @@ def main() -> None:
     parser.add_argument("--knn", type=int, default=10)
     parser.add_argument("--nprobe", type=int, default=8, help="D2's IVF nprobe above EXACT_KNN_MAX rows")
     parser.add_argument("--nprobes", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--recall", type=int, help="only measure IVF kNN recall on this many rows")
+    parser.add_argument("--knn-index", choices=("ivf", "hnsw"), default="ivf", help="D2's kNN index (sieve.init_args.index)")
+    parser.add_argument("--ef-search", type=int, default=64, help="D2's HNSW ef_search")
+    parser.add_argument("--efs", type=int, nargs="+", default=[32, 64, 128], help="--recall with hnsw: ef_search values")
+    parser.add_argument("--recall", type=int, help="only measure kNN recall (--knn-index) on this many rows")
     parser.add_argument("--clusters", type=int, default=0,
-                        help="--recall on rows around this many centres (0: uniform random unit rows)")
+                        help="rows around this many centres (0: uniform random unit rows), timed runs and --recall")
     parser.add_argument("--spread", type=float, default=1.0, help="--clusters: noise norm around a centre")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)

@@ -144,6 +144,36 @@ def test_knn_above_the_exact_limit_uses_ivf_and_finds_most_true_neighbours():
     assert (idx != np.arange(3000)[:, None]).all() and (sims <= exact_sims[:, :1] + 1e-5).all()
 
 
+def test_knn_with_the_hnsw_index_finds_most_true_neighbours_and_is_refused_on_the_gpu():
+    rng = np.random.default_rng(16)
+    centres = normalise(rng.normal(size=(30, 16)))
+    x = normalise(centres[rng.integers(0, 30, 3000)] + 0.15 * rng.normal(size=(3000, 16)))
+    exact_sims, exact = knn(x, 5)
+    sims, idx = knn(x, 5, exact_max=100, index="hnsw", ef_search=16)
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, idx)])
+    assert 0.8 <= recall < 1.0, recall  # approximate (ef_search 16 on 3,000 rows), but finds most neighbours
+    assert (idx != np.arange(3000)[:, None]).all() and (sims <= exact_sims[:, :1] + 1e-5).all()
+    assert (np.diff(sims, axis=1) <= 1e-6).all()  # nearest first
+    with pytest.raises(ConfigError, match="^index: hnsw runs on the CPU only"):
+        knn(x, 5, gpu=True, index="hnsw")
+    with pytest.raises(ConfigError, match="^index: 'annoy' is not one of"):
+        knn(x, 5, index="annoy")
+
+
+def test_the_d2_sieve_hands_its_knn_index_settings_to_the_knn(monkeypatch):
+    from lightning_juicer.sieves import d2 as d2_module
+    from lightning_juicer.sieves.base import SIEVES, Candidates
+
+    calls, real = [], d2_module.knn
+    monkeypatch.setattr(d2_module, "knn", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    rng = np.random.default_rng(8)
+    image, text = normalise(rng.normal(size=(60, 6))), normalise(rng.normal(size=(60, 6)))
+    sieve = SIEVES.build("d2", index="hnsw", ef_search=24, knn=4)
+    kept = sieve.keep(Candidates(60, {"image": image, "text": text}), 30, seed=0)
+    assert len(kept.indices) == 30 and calls[0]["index"] == "hnsw" and calls[0]["ef_search"] == 24
+    assert sieve.params()["index"] == "hnsw"  # recorded in the keep list
+
+
 def test_neg_clip_loss_in_row_blocks_equals_one_block():
     rng = np.random.default_rng(17)
     f, g = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))

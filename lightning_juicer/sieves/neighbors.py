@@ -2,9 +2,15 @@
 
 Scaling: k-means trains on at most ``TRAIN_POINTS_PER_CENTROID`` rows per centroid (faiss's own
 subsampling) and assigns every row with one flat search, O(n k d); kNN is exact (flat) up to
-``EXACT_KNN_MAX`` rows and an IVF index above (``nlist`` ~ sqrt(n) lists trained on 64 rows each,
-``nprobe`` probed), O(n (nlist + nprobe n / nlist) d) = O(n^1.5 d) instead of O(n^2 d). Searches
-run in row chunks, so no [n, n] matrix is ever built.
+``EXACT_KNN_MAX`` rows and approximate above, with one of two faiss indexes (``KNN_INDEXES``):
+
+- ``ivf`` (default): ``nlist`` ~ sqrt(n) lists trained on 64 rows each, ``nprobe`` probed,
+  O(n (nlist + nprobe n / nlist) d) = O(n^1.5 d); deterministic; runs on the GPU too;
+- ``hnsw``: a graph of ``HNSW_M`` links per row, O(n log n d) to build and search; cheaper than IVF
+  from ~1M rows on a CPU (docs/benchmarks.md), CPU only, and its graph depends on the order in which
+  threads insert rows, so a keep list can differ slightly between runs with several threads.
+
+Searches run in row chunks, so no [n, n] matrix is ever built.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ def _check_gpu(gpu: bool) -> None:
         raise ConfigError("gpu: true needs the faiss-gpu build and a visible GPU; set gpu: false")
 
 
+KNN_INDEXES = ("ivf", "hnsw")
+HNSW_M = 32  # graph links per row
+HNSW_EF_CONSTRUCTION = 64  # candidate list while building
 TRAIN_POINTS_PER_CENTROID = 256  # faiss's default sample for k-means training
 EXACT_KNN_MAX = 20_000  # above this many rows knn uses an IVF index (exact is O(n^2 d))
 SEARCH_CHUNK = 65536  # query rows per faiss search call
@@ -98,6 +107,14 @@ def ivf_lists(n: int) -> int:
     return max(1, min(round(np.sqrt(n)), n // 39))
 
 
+def _hnsw(base: np.ndarray, ef_search: int) -> faiss.Index:
+    index = faiss.IndexHNSWFlat(base.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.hnsw.efSearch = ef_search
+    index.add(base)
+    return index
+
+
 def _index(base: np.ndarray, gpu: bool, nlist: int | None = None, nprobe: int = 1, seed: int = 0) -> faiss.Index:
     d = base.shape[1]
     if nlist is None:
@@ -129,19 +146,27 @@ def _search(base: np.ndarray, queries: np.ndarray, k: int, gpu: bool) -> tuple[n
 
 def knn(
     x: np.ndarray, k: int, gpu: bool = False, exact_max: int = EXACT_KNN_MAX, nlist: int | None = None,
-    nprobe: int = 8, seed: int = 0,
+    nprobe: int = 8, seed: int = 0, index: str = "ivf", ef_search: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarities [n, k] and indices [n, k] of each unit row's k nearest other rows.
 
-    Exact (flat index) up to ``exact_max`` rows; above, an IVF index with ``nlist`` lists (None:
-    ``ivf_lists(n)``) searching ``nprobe`` of them, approximate: a row may miss some true neighbours.
-    A row IVF finds fewer than k neighbours for gets index -1 and similarity -1 in the missing slots.
+    Exact (flat index) up to ``exact_max`` rows; above, approximate (a row may miss some true
+    neighbours): ``index="ivf"`` with ``nlist`` lists (None: ``ivf_lists(n)``) searching ``nprobe`` of
+    them, or ``index="hnsw"`` searching with a candidate list of ``ef_search`` (>= k + 1).
+    A row the index finds fewer than k neighbours for gets index -1 and similarity -1 in the missing slots.
     """
+    if index not in KNN_INDEXES:
+        raise ConfigError(f"index: {index!r} is not one of {KNN_INDEXES}")
+    if index == "hnsw" and gpu:
+        raise ConfigError("index: hnsw runs on the CPU only (faiss-gpu has no HNSW); set index: ivf or gpu: false")
     _check_gpu(gpu)
     x = normalise(x)
     k = max(1, min(int(k), len(x) - 1))
-    nlist = None if len(x) <= exact_max else (nlist or ivf_lists(len(x)))
-    sims, idx = _chunked(_index(x, gpu, nlist, nprobe, seed), x, k + 1)
+    if len(x) > exact_max and index == "hnsw":
+        built = _hnsw(x, max(ef_search, k + 1))
+    else:
+        built = _index(x, gpu, None if len(x) <= exact_max else (nlist or ivf_lists(len(x))), nprobe, seed)
+    sims, idx = _chunked(built, x, k + 1)
     sims[idx < 0] = -1.0
     # Drop each row itself (usually column 0, but exact duplicates may come first).
     own = idx == np.arange(len(x))[:, None]
