@@ -8,9 +8,8 @@ from typing import Literal
 
 import numpy as np
 
-from lightning_juicer.errors import ConfigError
 from lightning_juicer.sieves.base import KEY, SIEVES, Candidates, Kept, OnEmbedding, at_least
-from lightning_juicer.sieves.neighbors import KNN_INDEXES, knn
+from lightning_juicer.sieves.neighbors import check_index, knn
 from lightning_juicer.sieves.scored import clip_score
 
 
@@ -78,11 +77,7 @@ class D2(OnEmbedding):
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least(self, 1, "knn", "nprobe", "ef_search")
-        if self.index not in KNN_INDEXES:
-            raise ConfigError(f"{KEY}.init_args.index: {self.index!r} is not one of {KNN_INDEXES}")
-        if self.index == "hnsw" and self.gpu:
-            raise ConfigError(f"{KEY}.init_args.index: hnsw runs on the CPU only (faiss-gpu has no HNSW); "
-                              "set index: ivf or gpu: false")
+        check_index(self.index, self.gpu, f"{KEY}.init_args.index")
 
     def keep(self, candidates: Candidates, n_keep: int, seed: int) -> Kept:
         difficulty = 1.0 - clip_score(candidates.arrays["image"], candidates.release("text"))

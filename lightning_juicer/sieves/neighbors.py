@@ -107,6 +107,14 @@ def ivf_lists(n: int) -> int:
     return max(1, min(round(np.sqrt(n)), n // 39))
 
 
+def check_index(index: str, gpu: bool, key: str = "index") -> None:
+    """A ConfigError naming ``key`` for an unknown kNN index, or HNSW asked for on the GPU."""
+    if index not in KNN_INDEXES:
+        raise ConfigError(f"{key}: {index!r} is not one of {KNN_INDEXES}")
+    if index == "hnsw" and gpu:
+        raise ConfigError(f"{key}: hnsw runs on the CPU only (faiss-gpu has no HNSW); set index: ivf or gpu: false")
+
+
 def _hnsw(base: np.ndarray, ef_search: int) -> faiss.Index:
     index = faiss.IndexHNSWFlat(base.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -155,10 +163,7 @@ def knn(
     them, or ``index="hnsw"`` searching with a candidate list of ``ef_search`` (>= k + 1).
     A row the index finds fewer than k neighbours for gets index -1 and similarity -1 in the missing slots.
     """
-    if index not in KNN_INDEXES:
-        raise ConfigError(f"index: {index!r} is not one of {KNN_INDEXES}")
-    if index == "hnsw" and gpu:
-        raise ConfigError("index: hnsw runs on the CPU only (faiss-gpu has no HNSW); set index: ivf or gpu: false")
+    check_index(index, gpu)
     _check_gpu(gpu)
     x = normalise(x)
     k = max(1, min(int(k), len(x) - 1))
