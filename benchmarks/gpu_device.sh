@@ -5,6 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT/gpu"
+compgen -G '.whl/*.whl' >/dev/null || { echo "gpu_device: no wheels in .whl/: run 'bash benchmarks/gpu_wheels.sh' on the development machine first and carry .whl"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu/log"
