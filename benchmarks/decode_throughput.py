@@ -8,10 +8,12 @@ cut and resized to web sizes (longest side 400-1,000 px, random crop and flip, J
 written as webdataset shards with a caption each. Arms, run interleaved in every round (so a busy
 machine slows all of them alike), each over the same images, one thread each:
 
-    full decode + resize   load_rgb (no draft) + the student's eval transform (resize, crop, normalise)
+    full decode + resize   load_rgb (no draft) + the student's pixel transform (resize, crop, to uint8:
+                           DataSpec.pixel_transform, what the loader's workers run)
     draft decode + resize  load_rgb with the transform's draft size + the same transform: the bare limit
     loader per worker      JuicerDataModule's training DataLoader with ONE worker (tar reading, decode,
-                           transform, caption, tokenizer, random selection, collation), samples/s
+                           transform, caption, tokenizer, random selection, collation, the batch's
+                           hand-over to the main process), samples/s
 
 Printed: median and spread (min-max) over the rounds of each arm's images/s and of the ratios
 draft/full and loader/limit (target >= 0.9), each ratio taken within a round.
@@ -118,7 +120,7 @@ def main() -> None:
     urls = write_shards(images, root, args.images // 2)
     sizes = [Image.open(io.BytesIO(d)).size for d in images]
     spec = DataSpec(image_size=args.image_size, patch_size=16, tokenizer=open_clip.get_tokenizer("ViT-B-16"))
-    transform = spec.image_transform()
+    transform = spec.pixel_transform()
     draft = draft_size(transform)
     reduced = sum(min(w // draft[0], h // draft[1]) >= 2 for w, h in sizes)
     print(f"{len(images)} JPEGs, {np.mean([w * h for w, h in sizes]) / 1e3:.0f} kpixels on average, longest side "

@@ -140,7 +140,7 @@ def decode_check(images: list[bytes]) -> dict:
     from torchvision.transforms.v2 import functional as F
 
     spec = DataSpec(image_size=224, patch_size=16, tokenizer=None)
-    transform = spec.image_transform()
+    transform = spec.pixel_transform()  # what the training loader's workers run
     draft = draft_size(transform)
     torch.set_num_threads(1)
     start = time.perf_counter()

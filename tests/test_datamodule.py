@@ -191,3 +191,30 @@ def test_the_drop_ledger_refuses_unknown_reasons_merges_and_rate_limits_its_warn
     assert counter.total["not_in_keep_list"] == 2500 and counter.take() == {"not_in_keep_list": 2500}
     assert len(caplog.records) == 10 + 2  # the first ten, then at 100 and at 1,000 (not every 1,000th)
     assert "dropped 1000 samples as not_in_keep_list" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
+def test_the_worker_ships_uint8_and_the_device_side_normalisation_is_open_clips_transform_exactly(messy_shards,
+                                                                                                   resize_mode):
+    """Issue 15: workers decode, resize and crop to uint8 (a quarter of the bytes to copy) and the DataModule
+    normalises after the transfer; the model sees bit for bit what open_clip's eval transform makes."""
+    from lightning.pytorch.plugins.precision import HalfPrecision
+
+    from lightning_juicer.io.decode import load_rgb
+
+    spec = DataSpec(image_size=64, patch_size=8, tokenizer=SPEC.tokenizer, resize_mode=resize_mode)
+    dm = JuicerDataModule(train_shards=messy_shards, train_num_samples=6, batch_size=3, num_workers=2,
+                          shuffle_buffer=0, selection="full", data_spec=spec)
+    dm.setup("fit")
+    raw = next(iter(dm.train_dataloader()))  # through a worker process and shared memory
+    assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (3, 3, 64, 64)
+    batch = dm.on_after_batch_transfer(dict(raw), 0)
+    assert batch["image"].dtype == torch.float32 and batch["image"].is_contiguous()
+    sources = {}
+    for url in expand_shards(messy_shards, "shards"):
+        for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+            sources[sample["__key__"]] = sample.get("jpg", sample.get("png"))
+    for key, image in zip(batch["key"], batch["image"]):
+        assert torch.equal(image, spec.image_transform()(load_rgb(sources[key], (64, 64))))
+    dm.trainer = type("T", (), {"precision_plugin": HalfPrecision("bf16-true")})()  # the inputs a bf16-true run gets
+    assert dm.on_after_batch_transfer(dict(raw), 0)["image"].dtype == torch.bfloat16

@@ -37,14 +37,16 @@ def test_topk_on_the_fly_matches_the_governor_scores_on_the_student_grid(tiny_sy
     dm.setup("fit")
     raw = next(iter(dm.train_dataloader()))
     assert raw["keep"] is None  # filled on the device, by the model's training step
-    assert dm.on_after_batch_transfer(dict(raw), 0)["keep"] is None
+    assert raw["image"].dtype == torch.uint8  # normalised on the device, after the transfer
+    batch = dm.on_after_batch_transfer(dict(raw), 0)
+    assert batch["keep"] is None and batch["image"].dtype == torch.float32
     selection = dm.on_the_fly_selection
     assert (selection.strategy.name, selection.keep_ratio, selection.governor.name) == ("topk", 0.25, str(governor_dir))
-    keep, fallbacks = build_governor(selection, SPEC)(raw["image"])
+    keep, fallbacks = build_governor(selection, SPEC)(batch["image"])
     assert keep.shape == (8, 16) and torch.equal(keep, keep.sort(dim=1).values) and int(fallbacks) == 0
 
     scorer = load_governor(str(governor_dir))
-    output = scorer(scorer.prepare(raw["image"], SPEC.mean, SPEC.std))
+    output = scorer(scorer.prepare(batch["image"], SPEC.mean, SPEC.std))
     assert output.grid == (4, 4)
     expected = select_topk(resample_scores(output.scores, (4, 4), (8, 8)), 16)
     assert torch.equal(keep, expected)

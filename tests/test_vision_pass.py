@@ -176,7 +176,7 @@ def test_corrupt_images_are_counted_skips_and_unreadable_shards_fail_without_a_s
     table = read_sidecar(tmp_path / "side" / "bad.juice.parquet")
     assert len(table) == 29 and samples[3]["__key__"] not in table and samples[8]["__key__"] in table
     assert truncated_record["status"] == "failed" and truncated_record["written"] == 0
-    assert truncated_record["error"] == "ReadError: unexpected end of data"
+    assert truncated_record["error"].startswith("ReadError: unexpected end of data at byte ")
     assert not (tmp_path / "side" / "truncated.juice.parquet").exists()
     assert manifest["totals"]["shards_failed"] == 1 and manifest["totals"]["skipped"]["corrupt_image"] == 2
 

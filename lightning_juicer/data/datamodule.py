@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import lightning as L
+import torch
 
 from lightning_juicer.data.drops import DropCounter, DropLedger, merge_drops
 from lightning_juicer.data.pipeline import SAMPLING_MODES, batches_per_epoch, build_loader
@@ -240,7 +241,7 @@ class JuicerDataModule(L.LightningDataModule):
         spec = self.data_spec
         return build_loader(
             urls,
-            decode=SampleDecoder(spec.image_transform(), drops, self.missing_sidecar if from_sidecars else None,
+            decode=SampleDecoder(spec.pixel_transform(), drops, self.missing_sidecar if from_sidecars else None,
                                  self.captions if train else "original", self.juiced_prob),
             collate=BatchCollator(spec.tokenizer, selection, keep_ratio, spec.grid, drops),
             join=SidecarJoin(self.sidecar_dir) if from_sidecars or juiced else None,
@@ -287,9 +288,18 @@ class JuicerDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Take the workers' drop counts out of the batch into this DataModule's ledger."""
+        """Finish a batch on the device: the workers' drop counts go into this DataModule's ledger, and the
+        uint8 images become the contract's normalised floats (``DataSpec.normalize``), in the dtype the
+        trainer's precision gives its inputs (``bf16-true`` -> bfloat16; the mixed precisions keep float32).
+
+        Outside a Trainer, call it on each batch of ``train_dataloader()`` / ``val_dataloader()``.
+        """
         if isinstance(batch, dict):
             merge_drops(self.drops, batch)
+            image = batch.get("image")
+            if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+                image = self.data_spec.normalize(image)
+                batch["image"] = self.trainer.precision_plugin.convert_input(image) if self.trainer else image
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import open_clip
+import torch
+from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,27 @@ class DataSpec:
             interpolation=self.interpolation,
             resize_mode=self.resize_mode,
         )
+
+    def pixel_transform(self) -> Callable:
+        """PIL image -> uint8 [3, H, W]: ``image_transform``'s geometry (resize, crop or pad) without its float
+        conversion and normalisation, which ``normalize`` does after the batch reaches the device.
+
+        The training stream's DataLoader workers use it: a uint8 batch is a quarter of a float32 one to copy
+        between processes and to the device, and the workers skip the per-pixel float work.
+        """
+        steps = [step for step in self.image_transform().transforms if not isinstance(step, (ToTensor, Normalize))]
+        return Compose([*steps, PILToTensor()])
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [..., 3, H, W] (on any device, any memory format) -> contiguous float32, normalised: exactly
+        ``image_transform``'s output for the same pixels (its ``ToTensor`` divides by 255, its ``Normalize``
+        subtracts and divides)."""
+        pixels = image.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+        # Channel by channel with Python scalars: no tensor to move to the device and no check that reads one
+        # back (torchvision's normalize asks ``(std == 0).any()``, a host sync on every training step).
+        for channel, (mean, std) in enumerate(zip(self.mean, self.std)):
+            pixels[..., channel, :, :].sub_(mean).div_(std)
+        return pixels
 
 
 @runtime_checkable
