@@ -1,8 +1,8 @@
 """Bad input to every command ends in ONE line naming the key or file and exit status 2, never a traceback.
 
-The real commands run in subprocesses for each entry point (``python -m lightning_juicer`` fit /
-validate / export, ``preprocess/*.py``); the many command-line variants run in-process through the
-same boundary. A crafted checkpoint whose pickle calls ``os.system`` is refused without running it.
+Each entry point runs once as a real subprocess (``python -m lightning_juicer`` fit and export,
+``preprocess/{vision_pass,text_pass,embeddings,sieve}.py``); its other cases and the many command-line
+variants run in-process through the same boundary (``cli.main``). A crafted checkpoint whose pickle calls ``os.system`` is refused without running it.
 Unwritable output folders are paths under a regular file: that fails for root too, unlike a
 read-only permission bit.
 """
@@ -81,56 +81,72 @@ def _fit(tmp: Path, *extra: str) -> list[str]:
             *extra]
 
 
-# ------------------------------------------------------------------------ real commands, one subprocess each
+# ---------------------------------------- real commands: one subprocess per entry point, its variants in-process
 
 CONFIGS = {"vision_pass": "vision.yaml", "text_pass": "text.yaml", "embeddings": "embeddings.yaml"}
+SUBCOMMANDS = {"vision_pass": "vision", "text_pass": "text", "embeddings": "embeddings", "sieve": "sieve"}
 
 
-@pytest.mark.parametrize("sub, name, message", [
-    ("validate", "truncated", "is truncated or not a torch checkpoint"),
-    ("fit", "crafted", "cannot be loaded: refused: it asks to import code"),
+def _run(capsys, args: list[str], real: bool) -> subprocess.CompletedProcess | str:
+    """The command in a subprocess (``real``: the entry point itself), else through the same boundary
+    (``cli.main``, which every entry point calls) in this process: a Python with torch and Lightning takes
+    ~8 s to start here, so each entry point gets one real run and its other cases run in-process."""
+    if real:
+        return _command(*args)
+    script = Path(args[0]).stem
+    argv = args[2:] if args[:2] == ["-m", "lightning_juicer"] else [SUBCOMMANDS[script], *args[1:]]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub, name, message, real", [
+    ("validate", "truncated", "is truncated or not a torch checkpoint", False),
+    ("fit", "crafted", "cannot be loaded: refused: it asks to import code", True),
 ])
-def test_fit_and_validate_refuse_a_bad_checkpoint_in_one_line(files, tmp_path, sub, name, message):
+def test_fit_and_validate_refuse_a_bad_checkpoint_in_one_line(files, tmp_path, capsys, sub, name, message, real):
     args = _fit(tmp_path, "--ckpt_path", str(files / f"{name}.ckpt"))
     args[2] = sub
-    line = _assert_one_line(_command(*args), f"ckpt_path: {files / name}.ckpt")
+    line = _assert_one_line(_run(capsys, args, real), f"ckpt_path: {files / name}.ckpt")
     assert message in line
     assert not (files / "PWNED").exists()  # the crafted pickle's os.system never ran
 
 
 @pytest.mark.parametrize("key", ["trainer.default_root_dir", "trainer.logger.init_args.save_dir"])
-def test_fit_into_an_unwritable_folder_fails_before_training(files, tmp_path, key):
+def test_fit_into_an_unwritable_folder_fails_before_training(files, tmp_path, capsys, key):
     args = _fit(tmp_path, f"--{key}", str(files / "a_file" / "runs"))
-    line = _assert_one_line(_command(*args), f"{key}: cannot write into {files / 'a_file' / 'runs'}")
+    line = _assert_one_line(_run(capsys, args, False), f"{key}: cannot write into {files / 'a_file' / 'runs'}")
     assert "Not a directory" in line
 
 
-def test_an_unknown_key_is_one_line_not_a_usage_dump(tmp_path):
-    result = _command(*_fit(tmp_path, "--trainer.max_stepz", "3"))
-    assert _assert_one_line(result, "trainer.max_stepz: unknown key").endswith("fit --help)")
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_an_unknown_key_is_one_line_not_a_usage_dump(tmp_path, capsys):
+    err = _run(capsys, _fit(tmp_path, "--trainer.max_stepz", "3"), False)
+    assert _assert_one_line(err, "trainer.max_stepz: unknown key").endswith("fit --help)")
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_export_refuses_a_crafted_checkpoint_and_an_unwritable_folder(files):
+def test_export_refuses_a_crafted_checkpoint_and_an_unwritable_folder(files, capsys):
     result = _command("-m", "lightning_juicer", "export", "--ckpt_path", str(files / "crafted.ckpt"),
                       "--out", str(files / "out"))
     _assert_one_line(result, f"ckpt_path: {files / 'crafted.ckpt'} is not a readable Lightning checkpoint: refused")
     assert not (files / "PWNED").exists() and not (files / "out").exists()
-    result = _command("-m", "lightning_juicer", "export", "--ckpt_path", str(files / "good.ckpt"),
-                      "--out", str(files / "a_file" / "out"))
-    _assert_one_line(result, f"out: cannot write into {files / 'a_file' / 'out'}")
+    args = ["-m", "lightning_juicer", "export", "--ckpt_path", str(files / "good.ckpt"), "--out", str(files / "a_file" / "out")]
+    _assert_one_line(_run(capsys, args, False), f"out: cannot write into {files / 'a_file' / 'out'}")
 
 
-@pytest.mark.parametrize("script, overrides, message", [
-    ("vision_pass", ["--sidecar_dir", "{bad}"], "sidecar_dir: cannot write into {bad}"),
+@pytest.mark.parametrize("script, overrides, message, real", [
+    ("vision_pass", ["--sidecar_dir", "{bad}"], "sidecar_dir: cannot write into {bad}", True),
     ("text_pass", ["--sidecar_dir", "{vision}", "--output_dir", "{bad}", "--backend", "rules"],
-     "output_dir: cannot write into {bad}"),
-    ("embeddings", ["--out_dir", "{bad}", "--governor.name", "juicer-synthetic"], "out_dir: cannot write into {bad}"),
+     "output_dir: cannot write into {bad}", True),
+    ("embeddings", ["--out_dir", "{bad}", "--governor.name", "juicer-synthetic"], "out_dir: cannot write into {bad}",
+     False),
     ("embeddings", ["--out_dir", "{tmp}", "--reference.name", "{files}/crafted.ckpt"],
-     "reference.name: {files}/crafted.ckpt is not a readable Lightning checkpoint: refused"),
-    ("vision_pass", ["--batch_size", "abc"], "batch_size: Not of type PositiveInt: invalid literal for int()"),
+     "reference.name: {files}/crafted.ckpt is not a readable Lightning checkpoint: refused", True),
+    ("vision_pass", ["--batch_size", "abc"], "batch_size: Not of type PositiveInt: invalid literal for int()", False),
 ])
-def test_preprocess_commands_fail_in_one_line(files, tmp_path, tiny_synthetic, script, overrides, message):
+def test_preprocess_commands_fail_in_one_line(files, tmp_path, tiny_synthetic, capsys, script, overrides, message,
+                                              real):
     vision = tmp_path / "vision"
     vision.mkdir()
     for shard in Path(tiny_synthetic.train_shards).parent.glob("*.tar"):  # the text pass looks for these first
@@ -140,7 +156,7 @@ def test_preprocess_commands_fail_in_one_line(files, tmp_path, tiny_synthetic, s
     args = [f"preprocess/{script}.py", "--config", str(config), "--shards", tiny_synthetic.train_shards,
             "--accelerator", "cpu", "--devices", "1", "--num_workers", "0", "--progress", "false",
             *(o.format(**values) for o in overrides)]
-    _assert_one_line(_command(*args), message.format(**values))
+    _assert_one_line(_run(capsys, args, real), message.format(**values))
     assert not (files / "PWNED").exists()
 
 
