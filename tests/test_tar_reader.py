@@ -128,3 +128,12 @@ def test_a_broken_shard_is_counted_once_and_the_next_shard_is_read(tmp_path):
     assert all({"jpg", "txt"} <= set(s) for s in cut[:-1]) and [s["__key__"] for s in cut] == [f"{i:05d}" for i in range(len(cut))]
     assert [s["__key__"] for s in samples if s["__url__"].endswith("good.tar")] == [f"{i:05d}" for i in range(5)]
     assert dict(drops.total) == {"unreadable_shard": 1}
+
+
+def test_a_header_with_a_negative_size_is_refused_not_read_to_the_end():
+    raw = bytearray(ustar())
+    raw[124:136] = b"\xff" * 12  # base-256 -1, with a checksum that matches
+    raw[148:156] = b" " * 8
+    raw[148:156] = f"{sum(raw[:BLOCK]):06o}\0 ".encode()
+    with pytest.raises(tarfile.ReadError, match="invalid header at byte 0: negative size -1"):
+        list(tar_members(io.BytesIO(bytes(raw))))

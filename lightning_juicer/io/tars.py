@@ -126,6 +126,8 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             if not _checksum_ok(block):
                 raise ValueError("bad checksum")
             size = _number(block[124:136])
+            if size < 0:
+                raise ValueError(f"negative size {size}")
             if kind in (b"x", b"g", b"L", b"K"):  # extended headers describe the member that follows
                 data = exactly(-(-size // BLOCK) * BLOCK)[:size]
                 if kind == b"x":
@@ -141,6 +143,8 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
             pending = {}
             if b"size" in extended:
                 size = int(extended[b"size"])
+                if size < 0:
+                    raise ValueError(f"negative pax size {size}")
         except ValueError as exn:
             raise tarfile.ReadError(f"invalid header at byte {offset}: {exn}") from None
         name = _field(block, 0, 100)
