@@ -218,3 +218,19 @@ def test_the_worker_ships_uint8_and_the_device_side_normalisation_is_open_clips_
         assert torch.equal(image, spec.image_transform()(load_rgb(sources[key], (64, 64))))
     dm.trainer = type("T", (), {"precision_plugin": HalfPrecision("bf16-true")})()  # the inputs a bf16-true run gets
     assert dm.on_after_batch_transfer(dict(raw), 0)["image"].dtype == torch.bfloat16
+
+
+def test_raw_uint8_batches_given_to_the_model_without_the_datamodule_are_a_one_line_error(messy_shards,
+                                                                                          tiny_model_args):
+    import lightning as L
+
+    from lightning_juicer.models import JuicerCLIP
+
+    model = JuicerCLIP(**tiny_model_args)
+    dm = JuicerDataModule(train_shards=messy_shards, train_num_samples=6, batch_size=3, num_workers=0,
+                          shuffle_buffer=0, selection="full", data_spec=model.data_spec())
+    dm.setup("fit")
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(ConfigError, match=r"^batch image: uint8 pixels reached the model .*datamodule=dm"):
+        trainer.fit(model, train_dataloaders=dm.train_dataloader())  # the loader alone: nothing normalises

@@ -172,6 +172,11 @@ class JuicerCLIP(L.LightningModule):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """open_clip's output dict for a contract batch: normalised features, exp(logit scale), bias, CoCa logits."""
+        if batch["image"].dtype == torch.uint8:  # a dtype is host metadata: no sync
+            raise ConfigError(
+                "batch image: uint8 pixels reached the model (JuicerDataModule's loaders ship them raw); give the "
+                "Trainer the DataModule (trainer.fit(model, datamodule=dm)), whose on_after_batch_transfer normalises them"
+            )
         pooled, tokens = encode_kept(self.model.visual, batch["image"], batch.get("keep"))
         return self.family.outputs(self.model, batch["image"], batch["text"], F.normalize(pooled, dim=-1), tokens)
 
