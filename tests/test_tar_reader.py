@@ -104,8 +104,8 @@ def test_a_stream_cut_anywhere_raises_read_error_after_the_complete_members():
 
 def test_a_bad_header_mid_shard_raises_where_tarfile_stops_silently():
     raw = bytearray(webdataset_shard())
-    first_sizes = len(raw) // 2 // BLOCK * BLOCK
-    offset = next(o for o in range(first_sizes, len(raw), BLOCK) if raw[o + 257 : o + 262] == b"ustar")
+    middle = len(raw) // 2 // BLOCK * BLOCK
+    offset = next(o for o in range(middle, len(raw), BLOCK) if raw[o + 257 : o + 262] == b"ustar")
     raw[offset + 10] ^= 0xFF  # a flipped byte in a header's name: its checksum no longer matches
     with tarfile.open(fileobj=io.BytesIO(bytes(raw)), mode="r|") as tar:
         silently_shorter = [m.name for m in tar if m.isreg()]
@@ -137,3 +137,23 @@ def test_a_header_with_a_negative_size_is_refused_not_read_to_the_end():
     raw[148:156] = f"{sum(raw[:BLOCK]):06o}\0 ".encode()
     with pytest.raises(tarfile.ReadError, match="invalid header at byte 0: negative size -1"):
         list(tar_members(io.BytesIO(bytes(raw))))
+
+
+class Trickle(io.RawIOBase):
+    """A raw stream that returns at most 100 bytes per read, as a socket or pipe may."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self.data.read(min(100, size) if size >= 0 else 100)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_stream_returning_short_reads_is_read_whole(compression):
+    raw = webdataset_shard()
+    raw = gzip.compress(raw) if compression == "gzip" else raw
+    assert list(tar_members(Trickle(raw))) == members_by_tarfile(raw)

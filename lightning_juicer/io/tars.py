@@ -28,7 +28,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-from webdataset.tariterators import base_plus_ext, group_by_keys, meta_prefix, meta_suffix, url_opener
+from webdataset.tariterators import base_plus_ext, group_by_keys, url_opener
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # a sample's image member, first found in this order
 CAPTION_EXTS = ("txt",)  # its caption member
@@ -38,7 +38,7 @@ REGULAR_TYPES = (b"0", b"\0", b"7")  # regular file (ustar, old tar), contiguous
 POSIX_MAGIC = b"ustar\x0000"
 COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"BZh", bz2.BZ2File),
               (b"\xfd7zXZ\x00", lzma.LZMAFile))
-SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: __key__-style members are not sample files
+SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta (and its meta_prefix/suffix): __x__ members
 
 
 def _field(block: bytes, start: int, end: int) -> bytes:
@@ -96,23 +96,28 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     and GNU long names (``L``) apply to the member that follows, global pax headers (``g``) to all that
     follow; directories, links and other non-file members are skipped.
     """
-    read = stream.read
-    block = read(BLOCK)
-    for magic, opener in COMPRESSED:
-        if block.startswith(magic):
-            stream = opener(_Prepended(block, stream))
-            read = stream.read
-            block = read(BLOCK)
-            break
-    if not block:
-        raise tarfile.ReadError("empty file")
-    offset, pax_global, pending = 0, {}, {}
+    def read(size: int) -> bytes:
+        """``size`` bytes, fewer only at the end (a raw or network stream may return less per call)."""
+        data = stream.read(size)
+        while 0 < len(data) < size and (more := stream.read(size - len(data))):
+            data += more
+        return data
 
     def exactly(size: int) -> bytes:
         data = read(size)
         if len(data) != size:
             raise tarfile.ReadError(f"unexpected end of data at byte {offset} (wanted {size} bytes, got {len(data)})")
         return data
+
+    block = read(BLOCK)
+    for magic, opener in COMPRESSED:
+        if block.startswith(magic):
+            stream = opener(_Prepended(block, stream))
+            block = read(BLOCK)
+            break
+    if not block:
+        raise tarfile.ReadError("empty file")
+    offset, pax_global, pending = 0, {}, {}
 
     while True:
         if not block:  # tarfile ends quietly here: a shard cut at a member boundary would lose its tail unseen
@@ -139,7 +144,7 @@ def tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
                 offset += BLOCK + len(data) + -len(data) % BLOCK
                 block = read(BLOCK)
                 continue
-            extended = {**pax_global, **pending} if pax_global else pending
+            extended = {**pax_global, **pending}
             pending = {}
             if b"size" in extended:
                 size = int(extended[b"size"])
@@ -170,7 +175,7 @@ def tar_files(sources: Iterable[dict], handler: Callable[[Exception], bool]) -> 
         url, stream = source["url"], source["stream"]
         try:
             for name, data in tar_members(stream):
-                if ("/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix)) or SKIP_META.match(name):
+                if SKIP_META.match(name):
                     continue
                 yield {"fname": name, "data": data, "__url__": url}
         except Exception as exn:
