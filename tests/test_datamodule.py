@@ -200,7 +200,7 @@ def test_the_worker_ships_uint8_and_the_device_side_normalisation_is_open_clips_
     normalises after the transfer; the model sees bit for bit what open_clip's eval transform makes."""
     from lightning.pytorch.plugins.precision import HalfPrecision
 
-    from lightning_juicer.io.decode import load_rgb
+    from lightning_juicer.io.decode import DraftedDecoder
 
     spec = DataSpec(image_size=64, patch_size=8, tokenizer=SPEC.tokenizer, resize_mode=resize_mode)
     dm = JuicerDataModule(train_shards=messy_shards, train_num_samples=6, batch_size=3, num_workers=2,
@@ -214,8 +214,9 @@ def test_the_worker_ships_uint8_and_the_device_side_normalisation_is_open_clips_
     for url in expand_shards(messy_shards, "shards"):
         for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
             sources[sample["__key__"]] = sample.get("jpg", sample.get("png"))
+    decode = DraftedDecoder(spec.pixel_transform())  # the workers' decoder: the same picture on both sides
     for key, image in zip(batch["key"], batch["image"]):
-        assert torch.equal(image, spec.image_transform()(load_rgb(sources[key], (64, 64))))
+        assert torch.equal(image, spec.image_transform()(decode(sources[key])))
     dm.trainer = type("T", (), {"precision_plugin": HalfPrecision("bf16-true")})()  # the inputs a bf16-true run gets
     assert dm.on_after_batch_transfer(dict(raw), 0)["image"].dtype == torch.bfloat16
 

@@ -83,8 +83,7 @@ def _fit(tmp: Path, *extra: str) -> list[str]:
 
 # ---------------------------------------- real commands: one subprocess per entry point, its variants in-process
 
-CONFIGS = {"vision_pass": "vision.yaml", "text_pass": "text.yaml", "embeddings": "embeddings.yaml"}
-SUBCOMMANDS = {"vision_pass": "vision", "text_pass": "text", "embeddings": "embeddings", "sieve": "sieve"}
+SUBCOMMANDS = {"vision_pass": "vision", "text_pass": "text", "embeddings": "embeddings"}  # configs/preprocess/<sub>.yaml
 
 
 def _run(capsys, args: list[str], real: bool) -> subprocess.CompletedProcess | str:
@@ -93,8 +92,7 @@ def _run(capsys, args: list[str], real: bool) -> subprocess.CompletedProcess | s
     ~8 s to start here, so each entry point gets one real run and its other cases run in-process."""
     if real:
         return _command(*args)
-    script = Path(args[0]).stem
-    argv = args[2:] if args[:2] == ["-m", "lightning_juicer"] else [SUBCOMMANDS[script], *args[1:]]
+    argv = args[2:] if args[:2] == ["-m", "lightning_juicer"] else [SUBCOMMANDS[Path(args[0]).stem], *args[1:]]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
@@ -152,7 +150,7 @@ def test_preprocess_commands_fail_in_one_line(files, tmp_path, tiny_synthetic, c
     for shard in Path(tiny_synthetic.train_shards).parent.glob("*.tar"):  # the text pass looks for these first
         (vision / shard.name.replace(".tar", ".juice.parquet")).write_bytes(b"")
     values = {"bad": files / "a_file" / "out", "vision": vision, "files": files, "tmp": tmp_path / "out"}
-    config = REPO / "configs" / "preprocess" / CONFIGS[script]
+    config = REPO / "configs" / "preprocess" / f"{SUBCOMMANDS[script]}.yaml"
     args = [f"preprocess/{script}.py", "--config", str(config), "--shards", tiny_synthetic.train_shards,
             "--accelerator", "cpu", "--devices", "1", "--num_workers", "0", "--progress", "false",
             *(o.format(**values) for o in overrides)]
